@@ -1,0 +1,1 @@
+//! fsutil (in progress).

@@ -1,0 +1,1 @@
+//! extents (in progress).

@@ -1,0 +1,2 @@
+//! model (in progress).
+pub mod extent;

@@ -1,0 +1,1 @@
+//! progress (in progress).
