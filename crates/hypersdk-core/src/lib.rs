@@ -1,5 +1,7 @@
 //! hypersdk-core: the vocabulary and machinery every hypersdk crate shares.
 #![forbid(unsafe_code)]
+// Library code must not unwrap: inputs come from peers and files.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod checkpoint;
 pub mod digest;
