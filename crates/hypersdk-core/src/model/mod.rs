@@ -166,6 +166,21 @@ pub enum OsFamily {
     Unknown,
 }
 
+impl fmt::Display for OsFamily {
+    /// The serialized name: `linux`, `windows`, `bsd`, `solaris`, `other`,
+    /// `unknown`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OsFamily::Linux => "linux",
+            OsFamily::Windows => "windows",
+            OsFamily::Bsd => "bsd",
+            OsFamily::Solaris => "solaris",
+            OsFamily::Other => "other",
+            OsFamily::Unknown => "unknown",
+        })
+    }
+}
+
 /// The guest operating system as the platform reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GuestOs {
@@ -564,6 +579,23 @@ mod tests {
         assert_eq!(GuestOs::from_id("freebsd13_64Guest").family, OsFamily::Bsd);
         assert_eq!(GuestOs::from_id("solaris11_64Guest").family, OsFamily::Solaris);
         assert_eq!(GuestOs::from_id("otherGuest").family, OsFamily::Other);
+    }
+
+    #[test]
+    fn os_family_display_matches_serde() {
+        for f in [
+            OsFamily::Linux,
+            OsFamily::Windows,
+            OsFamily::Bsd,
+            OsFamily::Solaris,
+            OsFamily::Other,
+            OsFamily::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(f).unwrap(),
+                serde_json::Value::String(f.to_string())
+            );
+        }
     }
 
     #[test]
