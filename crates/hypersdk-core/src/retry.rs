@@ -239,10 +239,11 @@ impl Backoff {
         if let Some(asked) = error.retry_after() {
             delay = delay.max(asked);
         }
-        if let Some(deadline) = self.deadline {
-            if elapsed.saturating_add(delay) > deadline {
-                return None;
-            }
+        if self
+            .deadline
+            .is_some_and(|deadline| elapsed.saturating_add(delay) > deadline)
+        {
+            return None;
         }
         Some(delay)
     }
@@ -633,6 +634,59 @@ mod tests {
         assert_eq!(partial.deadline, Some(Duration::from_secs(60)));
         assert_eq!(partial.initial, Duration::from_millis(500));
         assert!(serde_json::from_str::<Backoff>(r#"{"initial": 5}"#).is_err());
+    }
+
+    proptest::proptest! {
+        /// For any valid policy: a non-retryable error is never retried,
+        /// `max_attempts` and the deadline are never exceeded, and a delay
+        /// stays within `[base × (1 − jitter), max(max_delay, Retry-After)]`.
+        #[test]
+        fn next_delay_respects_the_policy(
+            initial_ms in 0u64..10_000,
+            extra_ms in 0u64..200_000,
+            multiplier in 1.0f64..10.0,
+            jitter in 0.0f64..=1.0,
+            max_attempts in proptest::option::of(1u32..50),
+            deadline_ms in proptest::option::of(0u64..1_000_000),
+            attempts in 1u32..100,
+            elapsed_ms in 0u64..1_000_000,
+            retry_after_s in proptest::option::of(0u64..600),
+            retryable in proptest::bool::ANY,
+        ) {
+            let b = Backoff::default()
+                .with_initial(Duration::from_millis(initial_ms))
+                .with_max_delay(Duration::from_millis(initial_ms + extra_ms))
+                .with_multiplier(multiplier)
+                .with_jitter(jitter)
+                .with_max_attempts(max_attempts)
+                .with_deadline(deadline_ms.map(Duration::from_millis));
+            b.validate().unwrap();
+            let retry_after = retry_after_s.map(Duration::from_secs);
+            let status = if retryable { 503 } else { 404 };
+            let err = Error::from_http_status("GET", "https://h/x", status, retry_after, "");
+            let elapsed = Duration::from_millis(elapsed_ms);
+            match b.next_delay(attempts, elapsed, &err) {
+                None => {
+                    let capped = max_attempts.is_some_and(|m| attempts >= m);
+                    let late = deadline_ms.is_some();
+                    proptest::prop_assert!(!retryable || capped || late);
+                }
+                Some(d) => {
+                    proptest::prop_assert!(retryable);
+                    proptest::prop_assert!(max_attempts.is_none_or(|m| attempts < m));
+                    if let Some(deadline) = b.deadline {
+                        proptest::prop_assert!(elapsed + d <= deadline);
+                    }
+                    let upper = b.max_delay.max(retry_after.unwrap_or_default());
+                    proptest::prop_assert!(d <= upper);
+                    let lower = b.base_delay(attempts).mul_f64(1.0 - jitter);
+                    proptest::prop_assert!(d + Duration::from_micros(1) >= lower);
+                    if let Some(asked) = retry_after {
+                        proptest::prop_assert!(d >= asked);
+                    }
+                }
+            }
+        }
     }
 
     /// Counts `WARN` events from this module.
