@@ -151,7 +151,13 @@ mod tests {
         assert_eq!(s.read_range(Extent::new(100, 0)).await.unwrap().len(), 0);
         let e = s.read_range(Extent::new(95, 10)).await.unwrap_err();
         assert!(e.to_string().contains("outside t"), "{e}");
-        let e = s.read_range(Extent { offset: u64::MAX, length: 2 }).await.unwrap_err();
+        let e = s
+            .read_range(Extent {
+                offset: u64::MAX,
+                length: 2,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
         assert!(s.allocated_extents().await.unwrap().is_none());
         let mut chunks = s.read_stream(Extent::new(0, 100)).await.unwrap();

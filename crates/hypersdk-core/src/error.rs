@@ -447,11 +447,7 @@ impl Error {
     }
 
     /// A network failure talking to `target` (a URL, redacted here).
-    pub fn network(
-        target: &str,
-        message: impl Into<String>,
-        source: Option<BoxError>,
-    ) -> Self {
+    pub fn network(target: &str, message: impl Into<String>, source: Option<BoxError>) -> Self {
         Error::Network {
             target: redact_url(target),
             message: message.into(),

@@ -43,8 +43,8 @@ use futures::stream::{self, BoxStream};
 
 use crate::blocks::{BlockSource, check_range};
 use crate::model::{
-    DiskFormat, DiskInfo, Extent, ExtentList, Firmware, GuestOs, NicInfo, PowerState,
-    SnapshotInfo, SnapshotRef, VmFilter, VmInfo, VmRef,
+    DiskFormat, DiskInfo, Extent, ExtentList, Firmware, GuestOs, NicInfo, PowerState, SnapshotInfo,
+    SnapshotRef, VmFilter, VmInfo, VmRef,
 };
 use crate::progress::{Phase, ProgressEvent};
 use crate::provider::{
@@ -182,9 +182,7 @@ impl MemVm {
         self.snapshots
             .iter()
             .find(|s| s.info.id == id)
-            .ok_or_else(|| {
-                Error::not_found(format!("snapshot '{id}' of VM '{}'", self.info.name))
-            })
+            .ok_or_else(|| Error::not_found(format!("snapshot '{id}' of VM '{}'", self.info.name)))
     }
 }
 
@@ -396,7 +394,11 @@ impl MemoryProvider {
         let mut st = self.write();
         let i = st.find(&disk.vm)?;
         let d = live_disk_mut(&mut st.vms[i], &disk.disk_id)?;
-        if range.offset.checked_add(range.length).is_none_or(|e| e > d.info.capacity_bytes) {
+        if range
+            .offset
+            .checked_add(range.length)
+            .is_none_or(|e| e > d.info.capacity_bytes)
+        {
             return Err(Error::invalid_input(format!(
                 "discard of {range} is outside {disk} of capacity {}",
                 d.info.capacity_bytes
@@ -481,9 +483,7 @@ impl BlockSource for MemDiskSource {
         let pieces = ExtentList::from_unsorted([range])
             .split_to_max(CHUNK)?
             .into_vec();
-        Ok(stream::iter(pieces)
-            .map(move |e| Ok(disk.read(e)))
-            .boxed())
+        Ok(stream::iter(pieces).map(move |e| Ok(disk.read(e))).boxed())
     }
 
     async fn allocated_extents(&self) -> Result<Option<ExtentList>> {
@@ -503,9 +503,9 @@ async fn ingest(name: &str, t: DiskTransfer, progress: &ImportOptions) -> Result
     disk.info.format = DiskFormat::Raw;
     let mut done = 0u64;
     let report = |done: u64, total: Option<u64>| {
-        progress.progress.emit(
-            ProgressEvent::new(Phase::Importing, done, total).with_item(t.file_name.clone()),
-        );
+        progress
+            .progress
+            .emit(ProgressEvent::new(Phase::Importing, done, total).with_item(t.file_name.clone()));
     };
     match t.data {
         DiskData::Blocks(src) => {
@@ -671,18 +671,20 @@ impl Provider for MemoryProvider {
         if let Some(wanted) = &options.disks {
             for id in wanted {
                 if !disks.iter().any(|d| d.info.id == *id) {
-                    return Err(Error::not_found(format!("disk '{id}' of VM '{}'", view.name)));
+                    return Err(Error::not_found(format!(
+                        "disk '{id}' of VM '{}'",
+                        view.name
+                    )));
                 }
             }
         }
         options
             .progress
             .emit(ProgressEvent::new(Phase::Exporting, 0, None).with_item(view.name.clone()));
-        let descriptor = serde_json::to_vec_pretty(&view)
-            .map_err(|e| Error::Other {
-                message: format!("cannot serialize VM '{}'", view.name),
-                source: Some(Box::new(e)),
-            })?;
+        let descriptor = serde_json::to_vec_pretty(&view).map_err(|e| Error::Other {
+            message: format!("cannot serialize VM '{}'", view.name),
+            source: Some(Box::new(e)),
+        })?;
         let method = if snap.is_some() {
             "memory-snapshot"
         } else {
@@ -721,7 +723,10 @@ impl Provider for MemoryProvider {
 
     async fn import(&self, package: ImportPackage, options: &ImportOptions) -> Result<VmInfo> {
         self.require(Capability::Import, "import")?;
-        let name = options.name.clone().unwrap_or_else(|| package.vm.name.clone());
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| package.vm.name.clone());
         if name.is_empty() {
             return Err(Error::invalid_input("an imported VM needs a name"));
         }
@@ -863,7 +868,11 @@ mod tests {
         assert_eq!(&live.read_range(r).await.unwrap()[..], b"XYcd");
         assert_eq!(&snap.read_range(r).await.unwrap()[..], b"abcd");
         assert_eq!(
-            live.allocated_extents().await.unwrap().unwrap().total_bytes(),
+            live.allocated_extents()
+                .await
+                .unwrap()
+                .unwrap()
+                .total_bytes(),
             2 * BLOCK_SIZE
         );
     }
@@ -886,12 +895,14 @@ mod tests {
     async fn changed_and_freed() {
         let p = MemoryProvider::new();
         let d = vm_with_disk(&p, 4 * BLOCK_SIZE);
-        p.write_disk(&d, 0, &vec![1u8; (3 * BLOCK_SIZE) as usize]).unwrap();
+        p.write_disk(&d, 0, &vec![1u8; (3 * BLOCK_SIZE) as usize])
+            .unwrap();
         let s1 = p.create_snapshot(&d.vm, "s1").await.unwrap();
         // Same bytes rewritten: not a change by content.
         p.write_disk(&d, 0, &[1u8; 10]).unwrap();
         p.write_disk(&d, BLOCK_SIZE + 5, b"new").unwrap();
-        p.discard_disk(&d, Extent::new(2 * BLOCK_SIZE, BLOCK_SIZE)).unwrap();
+        p.discard_disk(&d, Extent::new(2 * BLOCK_SIZE, BLOCK_SIZE))
+            .unwrap();
         let s2 = p.create_snapshot(&d.vm, "s2").await.unwrap();
         let c = p.changed_extents(&d, Some(&s1.id), &s2.id).await.unwrap();
         assert_eq!(c.changed.as_slice(), &[Extent::new(BLOCK_SIZE, BLOCK_SIZE)]);
@@ -901,7 +912,10 @@ mod tests {
         );
         let full = p.changed_extents(&d, None, &s2.id).await.unwrap();
         assert_eq!(full.changed.total_bytes(), 2 * BLOCK_SIZE);
-        let e = p.changed_extents(&d, Some(&s2.id), &s1.id).await.unwrap_err();
+        let e = p
+            .changed_extents(&d, Some(&s2.id), &s1.id)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
     }
 
@@ -925,9 +939,8 @@ mod tests {
 
     #[tokio::test]
     async fn restricted_capabilities_are_unsupported() {
-        let p = MemoryProvider::new().with_capabilities(
-            Capabilities::none().with(Capability::Discover),
-        );
+        let p = MemoryProvider::new()
+            .with_capabilities(Capabilities::none().with(Capability::Discover));
         let e = p.create_snapshot(&VmRef::name("x"), "s").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains("create_snapshot"));

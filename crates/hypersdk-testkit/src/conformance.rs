@@ -203,9 +203,15 @@ pub async fn discover_and_lookup(p: &dyn Provider, fx: &Fixture) {
         .discover(&VmFilter::all().with_name("conformance-no-such-vm-*"))
         .await
         .expect("discover none");
-    assert!(none.is_empty(), "{name}: a non-matching filter returned VMs");
+    assert!(
+        none.is_empty(),
+        "{name}: a non-matching filter returned VMs"
+    );
     for r in [VmRef::id(vm.id.clone()), VmRef::name(vm.name.clone())] {
-        let got = p.vm(&r).await.unwrap_or_else(|e| panic!("{name}: vm({r}): {e}"));
+        let got = p
+            .vm(&r)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: vm({r}): {e}"));
         assert_eq!(got.id, vm.id, "{name}: vm({r}) returned another VM");
     }
     let e = p
@@ -229,8 +235,16 @@ pub async fn vm_info_is_coherent(p: &dyn Provider, fx: &Fixture) {
     let vm = fixture_vm(p, fx).await;
     let mut ids = std::collections::BTreeSet::new();
     for d in &vm.disks {
-        assert!(ids.insert(d.id.clone()), "{name}: duplicate disk id {}", d.id);
-        assert!(d.capacity_bytes > 0, "{name}: disk {} has no capacity", d.id);
+        assert!(
+            ids.insert(d.id.clone()),
+            "{name}: duplicate disk id {}",
+            d.id
+        );
+        assert!(
+            d.capacity_bytes > 0,
+            "{name}: disk {} has no capacity",
+            d.id
+        );
         if let Some(a) = d.allocated_bytes {
             assert!(
                 a <= d.capacity_bytes,
@@ -242,7 +256,10 @@ pub async fn vm_info_is_coherent(p: &dyn Provider, fx: &Fixture) {
     let boot0 = vm.disks.iter().filter(|d| d.boot_order == Some(0)).count();
     assert!(boot0 <= 1, "{name}: more than one disk has boot_order 0");
     let json = serde_json_roundtrip(&vm);
-    assert_eq!(json, vm, "{name}: VmInfo does not survive a JSON round trip");
+    assert_eq!(
+        json, vm,
+        "{name}: VmInfo does not survive a JSON round trip"
+    );
 }
 
 fn serde_json_roundtrip(vm: &VmInfo) -> VmInfo {
@@ -260,13 +277,23 @@ pub async fn snapshot_lifecycle(p: &dyn Provider, fx: &Fixture) {
     let vm = fixture_vm(p, fx).await;
     let r = VmRef::id(vm.id.clone());
     let before = p.list_snapshots(&r).await.expect("list_snapshots");
-    let a = p.create_snapshot(&r, "conformance-a").await.expect("create a");
-    let b = p.create_snapshot(&r, "conformance-b").await.expect("create b");
+    let a = p
+        .create_snapshot(&r, "conformance-a")
+        .await
+        .expect("create a");
+    let b = p
+        .create_snapshot(&r, "conformance-b")
+        .await
+        .expect("create b");
     assert_eq!(a.vm_id, vm.id, "{name}: snapshot names another VM");
     assert_eq!(a.name, "conformance-a");
     assert_ne!(a.id, b.id, "{name}: two snapshots share an id");
     let list = p.list_snapshots(&r).await.expect("list_snapshots");
-    assert_eq!(list.len(), before.len() + 2, "{name}: snapshots missing from list");
+    assert_eq!(
+        list.len(),
+        before.len() + 2,
+        "{name}: snapshots missing from list"
+    );
     let pa = list.iter().position(|s| s.id == a.id).expect("a listed");
     let pb = list.iter().position(|s| s.id == b.id).expect("b listed");
     assert!(pa < pb, "{name}: list_snapshots is not oldest first");
@@ -285,7 +312,11 @@ pub async fn snapshot_lifecycle(p: &dyn Provider, fx: &Fixture) {
         .delete_snapshot(&a.to_ref())
         .await
         .expect_err("deleting a deleted snapshot must fail");
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{name}: second delete gave {e}");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::NotFound,
+        "{name}: second delete gave {e}"
+    );
     let after = p.list_snapshots(&r).await.expect("list_snapshots");
     assert_eq!(after, before, "{name}: deleted snapshots are still listed");
 }
@@ -303,24 +334,41 @@ pub async fn open_disk_reads_ranges(p: &dyn Provider, fx: &Fixture) {
         let src = p.open_disk(&r, None).await.expect("open_disk");
         let len = src.len();
         assert_eq!(len, d.capacity_bytes, "{name}: {r}: len != capacity");
-        let head = src.read_range(Extent::new(0, 4096.min(len))).await.expect("head");
+        let head = src
+            .read_range(Extent::new(0, 4096.min(len)))
+            .await
+            .expect("head");
         assert_eq!(head.len() as u64, 4096.min(len));
         let tail = src.read_range(Extent::new(len - 1, 1)).await.expect("tail");
         assert_eq!(tail.len(), 1);
         assert!(
-            src.read_range(Extent::new(len, 0)).await.expect("empty").is_empty(),
+            src.read_range(Extent::new(len, 0))
+                .await
+                .expect("empty")
+                .is_empty(),
             "{name}: an empty range returned bytes"
         );
         let e = src
             .read_range(Extent::new(len - 1, 2))
             .await
             .expect_err("a range past the end must fail");
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{name}: past-end read gave {e}");
+        assert_eq!(
+            e.kind(),
+            ErrorKind::InvalidInput,
+            "{name}: past-end read gave {e}"
+        );
         let all = read_all(src.as_ref()).await;
-        assert_eq!(&all[..head.len()], &head[..], "{name}: stream != range at head");
+        assert_eq!(
+            &all[..head.len()],
+            &head[..],
+            "{name}: stream != range at head"
+        );
         if let Some(alloc) = src.allocated_extents().await.expect("allocated_extents") {
             assert!(
-                alloc.as_slice().last().is_none_or(|e| e.offset + e.length <= len),
+                alloc
+                    .as_slice()
+                    .last()
+                    .is_none_or(|e| e.offset + e.length <= len),
                 "{name}: allocated extents run past the end"
             );
             for hole in alloc.complement(Extent::new(0, len)).iter() {
@@ -345,7 +393,10 @@ pub async fn snapshot_disk_is_frozen(p: &dyn Provider, fx: &Fixture) {
     let vm = fixture_vm(p, fx).await;
     let r = DiskRef::new(VmRef::id(vm.id.clone()), vm.disks[0].id.clone());
     let at = Extent::new(4096, 16);
-    let snap = p.create_snapshot(&r.vm, "conformance-frozen").await.expect("snapshot");
+    let snap = p
+        .create_snapshot(&r.vm, "conformance-frozen")
+        .await
+        .expect("snapshot");
     let before = p
         .open_disk(&r, Some(&snap.id))
         .await
@@ -384,10 +435,16 @@ pub async fn changed_extents_track_writes(p: &dyn Provider, fx: &Fixture) {
     let vm = fixture_vm(p, fx).await;
     let r = DiskRef::new(VmRef::id(vm.id.clone()), vm.disks[0].id.clone());
     let cap = vm.disks[0].capacity_bytes;
-    let s1 = p.create_snapshot(&r.vm, "conformance-c1").await.expect("s1");
+    let s1 = p
+        .create_snapshot(&r.vm, "conformance-c1")
+        .await
+        .expect("s1");
     let at = Extent::new(cap / 2, 4096);
     w.write(&r, at.offset, &[0xA5; 4096]).await.expect("write");
-    let s2 = p.create_snapshot(&r.vm, "conformance-c2").await.expect("s2");
+    let s2 = p
+        .create_snapshot(&r.vm, "conformance-c2")
+        .await
+        .expect("s2");
     let delta = p
         .changed_extents(&r, Some(&s1.id), &s2.id)
         .await
@@ -403,17 +460,29 @@ pub async fn changed_extents_track_writes(p: &dyn Provider, fx: &Fixture) {
         delta.changed.subtract(&full.changed).is_empty(),
         "{name}: changed extents lie outside the allocation"
     );
-    assert!(full.changed.covers(at), "{name}: the full list misses the write");
+    assert!(
+        full.changed.covers(at),
+        "{name}: the full list misses the write"
+    );
     if supports(p, Capability::OpenSnapshotDisk) {
         let src = p.open_disk(&r, Some(&s2.id)).await.expect("open s2");
-        assert_eq!(&src.read_range(at).await.expect("read")[..], &[0xA5; 4096][..]);
+        assert_eq!(
+            &src.read_range(at).await.expect("read")[..],
+            &[0xA5; 4096][..]
+        );
     }
     if supports(p, Capability::FreedExtents) {
         let hole = Extent::new(cap / 2, 1 << 20).intersection(&Extent::new(0, cap));
         if let Some(hole) = hole {
             w.discard(&r, hole).await.expect("discard");
-            let s3 = p.create_snapshot(&r.vm, "conformance-c3").await.expect("s3");
-            let d = p.changed_extents(&r, Some(&s2.id), &s3.id).await.expect("delta");
+            let s3 = p
+                .create_snapshot(&r.vm, "conformance-c3")
+                .await
+                .expect("s3");
+            let d = p
+                .changed_extents(&r, Some(&s2.id), &s3.id)
+                .await
+                .expect("delta");
             let freed = d.freed.expect("FreedExtents promises freed ranges");
             assert!(
                 !freed.intersect(&full.changed).is_empty(),
@@ -427,7 +496,10 @@ pub async fn changed_extents_track_writes(p: &dyn Provider, fx: &Fixture) {
         }
     }
     let back = p.changed_extents(&r, Some(&s2.id), &s1.id).await;
-    assert!(back.is_err(), "{name}: a diff backwards in time was accepted");
+    assert!(
+        back.is_err(),
+        "{name}: a diff backwards in time was accepted"
+    );
     p.delete_snapshot(&s2.to_ref()).await.expect("delete s2");
     p.delete_snapshot(&s1.to_ref()).await.expect("delete s1");
 }
@@ -441,7 +513,10 @@ pub async fn export_yields_every_disk(p: &dyn Provider, fx: &Fixture) {
     let name = p.name();
     let vm = fixture_vm(p, fx).await;
     let r = VmRef::id(vm.id.clone());
-    let mut export = p.export(&r, &ExportOptions::default()).await.expect("export");
+    let mut export = p
+        .export(&r, &ExportOptions::default())
+        .await
+        .expect("export");
     assert_eq!(export.vm.id, vm.id, "{name}: export of another VM");
     assert!(!export.method.is_empty(), "{name}: export method is empty");
     let disks = export.take_disks();
@@ -465,12 +540,19 @@ pub async fn export_yields_every_disk(p: &dyn Provider, fx: &Fixture) {
             }
         };
         if let Some(size) = t.size {
-            assert_eq!(bytes.len() as u64, size, "{name}: disk size differs from its stream");
+            assert_eq!(
+                bytes.len() as u64,
+                size,
+                "{name}: disk size differs from its stream"
+            );
         }
         if t.format == DiskFormat::Raw && supports(p, Capability::OpenDisk) {
             let dr = DiskRef::new(r.clone(), d.id.clone());
             let live = read_all(p.open_disk(&dr, None).await.expect("open").as_ref()).await;
-            assert!(live == bytes, "{name}: exported raw disk differs from the disk");
+            assert!(
+                live == bytes,
+                "{name}: exported raw disk differs from the disk"
+            );
         }
     }
     export.complete().await.expect("complete");
@@ -480,10 +562,17 @@ pub async fn export_yields_every_disk(p: &dyn Provider, fx: &Fixture) {
         "{name}: export modified the source VM"
     );
     let e = p
-        .export(&VmRef::name("conformance-no-such-vm"), &ExportOptions::default())
+        .export(
+            &VmRef::name("conformance-no-such-vm"),
+            &ExportOptions::default(),
+        )
         .await
         .expect_err("export of a missing VM");
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{name}: export of a missing VM gave {e}");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::NotFound,
+        "{name}: export of a missing VM gave {e}"
+    );
 }
 
 /// What is exported can be imported back under a new name with the same
@@ -505,7 +594,11 @@ pub async fn export_import_round_trip(p: &dyn Provider, fx: &Fixture) {
     let copy = p.import(pkg, &opts).await.expect("import");
     assert_eq!(copy.name, new_name);
     assert_ne!(copy.id, vm.id, "{name}: import reused the source id");
-    assert_eq!(copy.disks.len(), vm.disks.len(), "{name}: import lost disks");
+    assert_eq!(
+        copy.disks.len(),
+        vm.disks.len(),
+        "{name}: import lost disks"
+    );
     if supports(p, Capability::OpenDisk) {
         for (a, b) in vm.disks.iter().zip(&copy.disks) {
             let sa = p
@@ -513,7 +606,10 @@ pub async fn export_import_round_trip(p: &dyn Provider, fx: &Fixture) {
                 .await
                 .expect("open source");
             let sb = p
-                .open_disk(&DiskRef::new(VmRef::id(copy.id.clone()), b.id.clone()), None)
+                .open_disk(
+                    &DiskRef::new(VmRef::id(copy.id.clone()), b.id.clone()),
+                    None,
+                )
                 .await
                 .expect("open copy");
             assert!(
@@ -531,7 +627,11 @@ pub async fn export_import_round_trip(p: &dyn Provider, fx: &Fixture) {
         .import(ImportPackage::from(again), &opts)
         .await
         .expect_err("importing over an existing name must fail");
-    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{name}: duplicate import gave {e}");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::AlreadyExists,
+        "{name}: duplicate import gave {e}"
+    );
 
     // A stream that fails half-way: the import fails and leaves nothing.
     let broken_name = "conformance-broken-import";

@@ -82,11 +82,12 @@ impl VmRef {
     pub fn matches(&self, vm: &VmInfo) -> bool {
         match self {
             VmRef::Id(id) => vm.id == *id,
-            VmRef::Uuid(u) => vm.uuid.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(u)),
+            VmRef::Uuid(u) => vm
+                .uuid
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(u)),
             VmRef::Name(n) => vm.name == *n,
-            VmRef::InventoryPath(p) => p
-                .rsplit_once('/')
-                .is_some_and(|(_, last)| last == vm.name),
+            VmRef::InventoryPath(p) => p.rsplit_once('/').is_some_and(|(_, last)| last == vm.name),
         }
     }
 }
@@ -572,12 +573,21 @@ mod tests {
 
     #[test]
     fn os_family() {
-        assert_eq!(GuestOs::from_id("windows2019srv_64Guest").family, OsFamily::Windows);
+        assert_eq!(
+            GuestOs::from_id("windows2019srv_64Guest").family,
+            OsFamily::Windows
+        );
         assert_eq!(GuestOs::from_id("rhel9_64Guest").family, OsFamily::Linux);
         assert_eq!(GuestOs::from_id("ubuntu64Guest").family, OsFamily::Linux);
-        assert_eq!(GuestOs::from_id("other3xLinux64Guest").family, OsFamily::Linux);
+        assert_eq!(
+            GuestOs::from_id("other3xLinux64Guest").family,
+            OsFamily::Linux
+        );
         assert_eq!(GuestOs::from_id("freebsd13_64Guest").family, OsFamily::Bsd);
-        assert_eq!(GuestOs::from_id("solaris11_64Guest").family, OsFamily::Solaris);
+        assert_eq!(
+            GuestOs::from_id("solaris11_64Guest").family,
+            OsFamily::Solaris
+        );
         assert_eq!(GuestOs::from_id("otherGuest").family, OsFamily::Other);
     }
 
