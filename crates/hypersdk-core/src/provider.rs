@@ -362,6 +362,48 @@ impl Export {
     }
 
     /// Tells the platform the export succeeded and releases its resources.
+    pub async fn complete(self) -> Result<()> {
+        self.into_package().1.complete().await
+    }
+
+    /// Tells the platform the export failed and releases its resources.
+    pub async fn abort(self, reason: &str) -> Result<()> {
+        self.into_package().1.abort(reason).await
+    }
+
+    /// Splits the export into an [`ImportPackage`] of its parts, to hand
+    /// straight to [`Provider::import`] (of this or another provider), and
+    /// the [`ExportLease`] that ends the platform side once the import has
+    /// read the disks.
+    ///
+    /// The lease must outlive the reading of the disks: dropping it releases
+    /// the platform side, which may cut the streams short.
+    pub fn into_package(mut self) -> (ImportPackage, ExportLease) {
+        let lease = ExportLease {
+            finisher: self.finisher.take(),
+        };
+        let package = ImportPackage {
+            vm: self.vm,
+            descriptor: self.descriptor,
+            disks: self.disks,
+        };
+        (package, lease)
+    }
+}
+
+/// The platform side of an [`Export`] after [`Export::into_package`]: call
+/// [`ExportLease::complete`] once the disks were read, or
+/// [`ExportLease::abort`] on failure. Dropping it without either releases
+/// the platform's resources on a best-effort basis, as dropping an
+/// [`Export`] does.
+#[derive(Debug)]
+#[must_use = "complete or abort the lease once the export's disks are read"]
+pub struct ExportLease {
+    finisher: Option<Box<dyn ExportFinisher>>,
+}
+
+impl ExportLease {
+    /// Tells the platform the export succeeded and releases its resources.
     pub async fn complete(mut self) -> Result<()> {
         match self.finisher.take() {
             Some(f) => f.complete().await,
@@ -449,20 +491,6 @@ impl ImportPackage {
     pub fn with_disk(mut self, d: DiskTransfer) -> Self {
         self.disks.push(d);
         self
-    }
-}
-
-impl From<Export> for ImportPackage {
-    /// Turns an export straight into an import (platform to platform).
-    /// The export's finisher is dropped: complete the export separately if
-    /// the platform needs it, before converting.
-    fn from(mut e: Export) -> Self {
-        let disks = e.take_disks();
-        ImportPackage {
-            vm: e.vm.clone(),
-            descriptor: e.descriptor.take(),
-            disks,
-        }
     }
 }
 
@@ -607,6 +635,42 @@ mod tests {
             .collect();
         assert_eq!(two.to_string(), "discover, import");
         assert_eq!(Capabilities::all().iter().count(), Capability::ALL.len());
+    }
+
+    /// Records which end of the export was called.
+    #[derive(Debug)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl ExportFinisher for Recorder {
+        async fn complete(self: Box<Self>) -> Result<()> {
+            self.0.lock().unwrap().push("complete".into());
+            Ok(())
+        }
+        async fn abort(self: Box<Self>, reason: &str) -> Result<()> {
+            self.0.lock().unwrap().push(format!("abort: {reason}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lease_outlives_the_package() {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let export = Export::new(VmInfo::new("vm-1", "web01"), "test")
+            .with_finisher(Box::new(Recorder(Arc::clone(&calls))));
+        let (package, lease) = export.into_package();
+        assert_eq!(package.vm.name, "web01");
+        drop(package);
+        assert!(
+            calls.lock().unwrap().is_empty(),
+            "the package ended the export"
+        );
+        lease.complete().await.unwrap();
+
+        let export = Export::new(VmInfo::new("vm-1", "web01"), "test")
+            .with_finisher(Box::new(Recorder(Arc::clone(&calls))));
+        export.abort("target full").await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["complete", "abort: target full"]);
     }
 
     #[test]

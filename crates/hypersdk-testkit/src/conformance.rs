@@ -589,9 +589,10 @@ pub async fn export_import_round_trip(p: &dyn Provider, fx: &Fixture) {
         .await
         .expect("export");
     let new_name = format!("conformance-copy-of-{}", vm.name);
-    let pkg = ImportPackage::from(export);
+    let (pkg, lease) = export.into_package();
     let opts = ImportOptions::default().with_name(new_name.clone());
     let copy = p.import(pkg, &opts).await.expect("import");
+    lease.complete().await.expect("complete the export");
     assert_eq!(copy.name, new_name);
     assert_ne!(copy.id, vm.id, "{name}: import reused the source id");
     assert_eq!(
@@ -623,10 +624,15 @@ pub async fn export_import_round_trip(p: &dyn Provider, fx: &Fixture) {
         .export(&VmRef::id(vm.id.clone()), &ExportOptions::default())
         .await
         .expect("export again");
+    let (again, lease) = again.into_package();
     let e = p
-        .import(ImportPackage::from(again), &opts)
+        .import(again, &opts)
         .await
         .expect_err("importing over an existing name must fail");
+    lease
+        .abort("import refused")
+        .await
+        .expect("abort the export");
     assert_eq!(
         e.kind(),
         ErrorKind::AlreadyExists,
