@@ -26,7 +26,13 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::model::{Extent, ExtentList};
+
+mod file;
+mod sparse;
+
 use crate::{Error, Result};
+pub use file::{FileSource, allocated_size};
+pub use sparse::{SinkStats, SparseFile, is_all_zero};
 
 /// A disk or file that can be read by byte range.
 ///
@@ -86,6 +92,43 @@ pub fn check_range(source: &dyn BlockSource, range: Extent) -> Result<()> {
             source.describe()
         ))),
     }
+}
+
+/// Where copied blocks go: a file (see [`SparseFile`]) or any positional
+/// store.
+///
+/// Writes may arrive in any order and concurrently, each at its own offset,
+/// so every method takes `&self`. A sink keeps holes where it is not
+/// written, may skip writing all-zero data (reads of it give zeros anyway),
+/// and releases the storage of ranges declared freed.
+#[async_trait]
+pub trait BlockSink: Send + Sync + Debug {
+    /// A short description for messages, e.g. the file's path.
+    fn describe(&self) -> String;
+
+    /// The length of the image being written.
+    fn len(&self) -> u64;
+
+    /// Whether the image is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes `data` at `offset`. A write reaching past [`BlockSink::len`]
+    /// is an [`Error::InvalidInput`].
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<()>;
+
+    /// Declares `range` freed: it reads as zeros afterwards, and its storage
+    /// is released where the medium allows.
+    async fn punch_hole(&self, range: Extent) -> Result<()>;
+
+    /// Makes every write that has returned durable (fsync). A copy engine
+    /// calls it before it records a range as committed in a checkpoint.
+    async fn flush(&self) -> Result<()>;
+
+    /// Reads back `range` of what was written (holes read as zeros), for a
+    /// resumed copy that must hash bytes it will not fetch again.
+    async fn read_back(&self, range: Extent) -> Result<Bytes>;
 }
 
 /// A [`BlockSource`] over bytes in memory.
