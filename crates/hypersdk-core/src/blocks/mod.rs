@@ -27,11 +27,21 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::model::{Extent, ExtentList};
 
+mod copy;
 mod file;
+mod http;
 mod sparse;
 
 use crate::{Error, Result};
+pub use copy::{
+    Checkpointing, CopyOptions, CopyReport, DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, copy_extents,
+    copy_to_file,
+};
 pub use file::{FileSource, allocated_size};
+pub use http::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpAuth, HttpSource, HttpSourceBuilder,
+    HttpStats, StaticHeaders, reqwest_error,
+};
 pub use sparse::{SinkStats, SparseFile, is_all_zero};
 
 /// A disk or file that can be read by byte range.
