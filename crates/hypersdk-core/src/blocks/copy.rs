@@ -27,6 +27,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use super::{BlockSink, BlockSource, SparseFile};
@@ -289,16 +290,27 @@ pub async fn copy_extents(
     let pieces: Vec<Piece> = if options.digests.is_empty() {
         fetch.iter().map(|e| Piece::Fetch(*e)).collect()
     } else {
-        let others = fetch.complement(Extent::new(0, len));
+        // Bytes not fetched now: committed by an earlier run (read back from
+        // the sink), or never written (zeros, when the sink says so).
+        let whole = Extent::new(0, len);
+        let (read_back, zeros) = if sink.starts_zeroed() {
+            (
+                committed.intersect(&fetch.complement(whole)),
+                committed.merge(&fetch).complement(whole),
+            )
+        } else {
+            (fetch.complement(whole), ExtentList::new())
+        };
         let mut all: Vec<Piece> = fetch
             .iter()
             .map(|e| Piece::Fetch(*e))
             .chain(
-                others
+                read_back
                     .split_to_max(READ_BACK_CHUNK)?
                     .iter()
                     .map(|e| Piece::ReadBack(*e)),
             )
+            .chain(zeros.iter().map(|e| Piece::Zero(*e)))
             .collect();
         all.sort_by_key(|p| p.extent().offset);
         all
@@ -324,6 +336,7 @@ pub async fn copy_extents(
                     data
                 }
                 Piece::ReadBack(e) => sink.read_back(e).await?,
+                Piece::Zero(_) => Bytes::new(),
             };
             Ok::<_, Error>((piece, extent, data))
         })
@@ -333,7 +346,10 @@ pub async fn copy_extents(
     let mut last_commit = Instant::now();
     while let Some((piece, extent, data)) = results.try_next().await? {
         if let Some(h) = hasher.as_mut() {
-            h.update(data);
+            match piece {
+                Piece::Zero(e) => hash_zeros(h, e.length),
+                _ => hash_in_slices(h, data),
+            }
         }
         if let Piece::Fetch(e) = piece {
             report.bytes_fetched += e.length;
@@ -479,13 +495,39 @@ enum Piece {
     Fetch(Extent),
     /// Not fetched: read back from the sink, only to hash it.
     ReadBack(Extent),
+    /// Never written and known to be zeros: hashed without any I/O.
+    Zero(Extent),
 }
 
 impl Piece {
     fn extent(self) -> Extent {
         match self {
-            Piece::Fetch(e) | Piece::ReadBack(e) => e,
+            Piece::Fetch(e) | Piece::ReadBack(e) | Piece::Zero(e) => e,
         }
+    }
+}
+
+/// Largest slice handed to the hasher at once: its queue then pins at most
+/// a few MiB of a chunk, not several whole chunks.
+const HASH_SLICE: usize = 1 << 20;
+
+/// Feeds `data` to `hasher` in slices of [`HASH_SLICE`] (zero-copy).
+fn hash_in_slices(hasher: &mut MultiHasher, data: Bytes) {
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + HASH_SLICE).min(data.len());
+        hasher.update(data.slice(at..end));
+        at = end;
+    }
+}
+
+/// Feeds `len` zero bytes to `hasher` from one static buffer.
+fn hash_zeros(hasher: &mut MultiHasher, mut len: u64) {
+    static ZEROS: [u8; HASH_SLICE] = [0; HASH_SLICE];
+    while len > 0 {
+        let n = len.min(HASH_SLICE as u64) as usize;
+        hasher.update(Bytes::from_static(&ZEROS[..n]));
+        len -= n as u64;
     }
 }
 

@@ -139,6 +139,15 @@ pub trait BlockSink: Send + Sync + Debug {
     /// Reads back `range` of what was written (holes read as zeros), for a
     /// resumed copy that must hash bytes it will not fetch again.
     async fn read_back(&self, range: Extent) -> Result<Bytes>;
+
+    /// Whether every byte never written through this sink (in this run or
+    /// an earlier one of the same image) reads as zero, as in a freshly
+    /// created sparse file. A copy engine then hashes such ranges as zeros
+    /// without reading them back. The default, `false`, suits sinks that
+    /// start from existing content (an incremental copy onto a base image).
+    fn starts_zeroed(&self) -> bool {
+        false
+    }
 }
 
 /// A [`BlockSource`] over bytes in memory.

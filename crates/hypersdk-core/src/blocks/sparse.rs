@@ -398,6 +398,12 @@ impl BlockSink for SparseFile {
         self.len
     }
 
+    /// A `.part` file starts as one hole (created with `set_len`), so what
+    /// was never written reads as zeros, in a resumed file too.
+    fn starts_zeroed(&self) -> bool {
+        true
+    }
+
     /// Writes the data blocks of `data` and skips (on a resumed file:
     /// punches) its all-zero blocks; see [`SparseFile`].
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
