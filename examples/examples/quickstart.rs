@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use hypersdk_core::blocks::BlockSource;
+use hypersdk_core::blocks::{BlockSource, CopyOptions, allocated_size, copy_to_file};
 use hypersdk_core::digest::{Algorithm, Digests, MultiHasher};
 use hypersdk_core::memory::MemoryProvider;
 use hypersdk_core::model::{Extent, VmFilter, VmRef};
@@ -32,10 +32,7 @@ use hypersdk_core::provider::{
     DiskData, DiskRef, DiskTransfer, ExportOptions, ImportOptions, ImportPackage, Provider,
 };
 use hypersdk_core::{Error, Result};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-
-/// Bytes read from a disk source per request.
-const CHUNK: u64 = 4 << 20;
+use tokio::io::AsyncReadExt;
 
 #[tokio::main]
 async fn main() {
@@ -124,7 +121,7 @@ async fn run(out_dir: &Path) -> Result<()> {
     // 4. Export the VM at snapshot 'incr' to sparse raw images, hashing as
     //    the bytes go by and reporting progress through a callback.
     let progress = Progress::new(CallbackSink::new(|ev| {
-        if ev.phase == Phase::Exporting && ev.bytes_total.is_some() {
+        if ev.phase == Phase::Transferring && ev.bytes_total.is_some() {
             println!(
                 "    {:<18} {:>6.1}%  {:>8} MiB/s",
                 ev.item.as_deref().unwrap_or("?"),
@@ -151,16 +148,24 @@ async fn run(out_dir: &Path) -> Result<()> {
             return Err(Error::unsupported("streamed disk export", "quickstart"));
         };
         let path = out_dir.join(&disk.file_name);
-        let tracker = progress.item(Phase::Exporting, disk.file_name.clone(), Some(source.len()));
-        let (digests, written) =
-            write_sparse_image(source.as_ref(), &path, |n| tracker.add(n)).await?;
-        tracker.finish();
+        // The copy engine reads only the allocated extents, writes a sparse
+        // `.part` file renamed into place when complete, and hashes the
+        // whole image as the bytes go by.
+        let copy = CopyOptions::default()
+            .with_item(disk.file_name.clone())
+            .with_digests(&[Algorithm::Sha256, Algorithm::Sha1])
+            .with_progress(progress.clone());
+        let report = copy_to_file(source.as_ref(), &path, None, None, None, &copy).await?;
+        let digests = report
+            .digests
+            .ok_or_else(|| Error::other("the copy computed no digest"))?;
         let sha256 = digest(&digests, Algorithm::Sha256)?;
         println!(
-            "  {:<18} {:>4} MiB, {:>5} KiB of data written, {}",
+            "  {:<18} {:>4} MiB, {:>5} KiB fetched, {:>5} KiB on disk, {}",
             disk.file_name,
             source.len() >> 20,
-            written >> 10,
+            report.bytes_fetched >> 10,
+            allocated_size(&path)? >> 10,
             sha256
         );
         images.push((disk, path, sha256));
@@ -200,79 +205,14 @@ async fn run(out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies `source` to a sparse raw image at `path` (through `path.part`,
-/// renamed into place only when complete), returning its digests over the
-/// full image (holes read as zeros) and the bytes of data written.
-async fn write_sparse_image(
-    source: &dyn BlockSource,
-    path: &Path,
-    mut on_bytes: impl FnMut(u64),
-) -> Result<(Digests, u64)> {
-    let part = path.with_extension("part");
-    let io_err = |e| Error::io(part.display().to_string(), e);
-    let result = async {
-        let mut file = tokio::fs::File::create(&part).await.map_err(io_err)?;
-        file.set_len(source.len()).await.map_err(io_err)?;
-        let allocated = source
-            .allocated_extents()
-            .await?
-            .unwrap_or_else(|| hypersdk_core::model::ExtentList::full(source.len()));
-        let mut hasher = MultiHasher::new(&[Algorithm::Sha256, Algorithm::Sha1]);
-        let mut written = 0;
-        let mut hashed_to = 0;
-        for extent in allocated.split_to_max(CHUNK)?.iter() {
-            hash_zeros(&mut hasher, extent.offset - hashed_to);
-            on_bytes(extent.offset - hashed_to);
-            let data = source.read_range(*extent).await?;
-            if data.iter().any(|b| *b != 0) {
-                file.seek(std::io::SeekFrom::Start(extent.offset))
-                    .await
-                    .map_err(io_err)?;
-                file.write_all(&data).await.map_err(io_err)?;
-                written += extent.length;
-            }
-            on_bytes(extent.length);
-            hasher.update(data);
-            hashed_to = extent.end();
-        }
-        hash_zeros(&mut hasher, source.len() - hashed_to);
-        on_bytes(source.len() - hashed_to);
-        file.sync_all().await.map_err(io_err)?;
-        Ok((hasher.finish()?, written))
-    }
-    .await;
-    match result {
-        Ok(done) => {
-            tokio::fs::rename(&part, path)
-                .await
-                .map_err(|e| Error::io(path.display().to_string(), e))?;
-            Ok(done)
-        }
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&part).await;
-            Err(e)
-        }
-    }
-}
-
 /// Hashes a whole block source, holes included.
 async fn hash_source(source: &dyn BlockSource) -> Result<Digests> {
     let mut hasher = MultiHasher::new(&[Algorithm::Sha256]);
-    let whole = hypersdk_core::model::ExtentList::full(source.len());
-    for extent in whole.split_to_max(CHUNK)?.iter() {
-        hasher.update(source.read_range(*extent).await?);
+    let mut body = source.read_stream(Extent::new(0, source.len())).await?;
+    while let Some(chunk) = body.next().await {
+        hasher.update(chunk?);
     }
     hasher.finish()
-}
-
-/// Feeds `len` zero bytes to `hasher`.
-fn hash_zeros(hasher: &mut MultiHasher, mut len: u64) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64);
-        hasher.update(Bytes::from_static(&ZEROS[..n as usize]));
-        len -= n;
-    }
 }
 
 /// The checksum of `algorithm` among `digests`.

@@ -6,7 +6,9 @@
 //! - [`provider`]: the object-safe [`provider::Provider`] trait every
 //!   platform implements, and [`memory::MemoryProvider`], a complete
 //!   in-memory platform for trying the SDK and for tests;
-//! - [`blocks`]: [`blocks::BlockSource`], a disk read by byte range;
+//! - [`blocks`]: [`blocks::BlockSource`], a disk read by byte range (local
+//!   files with their holes, HTTP with checked `Range` requests), the
+//!   [`blocks::SparseFile`] sink, and the resumable copy engine;
 //! - [`error`]: the one [`Error`] every public API returns, with
 //!   [`Error::kind`] and [`Error::is_retryable`];
 //! - [`retry`]: the one backoff policy and retry loop;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use hypersdk_core::blocks::{
 use hypersdk_core::checkpoint::{CheckpointStore, SessionId, TransferSession};
 use hypersdk_core::digest::{Algorithm, hash_file};
 use hypersdk_core::model::{Extent, ExtentList};
+use hypersdk_core::progress::{CallbackSink, Progress};
 use hypersdk_core::retry::Backoff;
 use hypersdk_core::{Error, ErrorKind};
 use hypersdk_testkit::fault_proxy::FaultProxy;
@@ -379,10 +381,22 @@ async fn unsorted_overlapping_extents_are_normalised_and_out_of_range_ones_rejec
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.raw");
-    let options = CopyOptions::default().with_chunk_size(64 << 10);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&events);
+    let progress = Progress::new(CallbackSink::new(move |ev| {
+        log.lock().unwrap().push((ev.bytes_done, ev.bytes_total));
+    }));
+    let options = CopyOptions::default()
+        .with_chunk_size(64 << 10)
+        .with_progress(progress);
     copy_to_file(&source, &out, Some(&extents), None, None, &options)
         .await
         .unwrap();
+    // Progress counts the extents to copy, and ends at their total.
+    let events = events.lock().unwrap().clone();
+    assert!(events.len() >= 2, "{events:?}");
+    assert!(events.windows(2).all(|w| w[0].0 <= w[1].0), "{events:?}");
+    assert_eq!(events.last(), Some(&(150_025, Some(150_025))));
     let copied = std::fs::read(&out).unwrap();
     assert_eq!(copied.len(), data.len());
     for (i, byte) in copied.iter().enumerate() {

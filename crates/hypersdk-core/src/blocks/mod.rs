@@ -1,9 +1,19 @@
-//! Range-aware block reading: the [`BlockSource`] trait.
+//! Range-aware block reading, sparse writing and the resumable copy engine.
 //!
-//! A block source is a disk (or any byte container) that knows its length,
-//! reads any byte range, and may know which ranges are allocated. Providers
-//! return one from [`crate::provider::Provider::open_disk`]; copy engines read
-//! only the allocated extents of it and leave holes elsewhere.
+//! - [`BlockSource`]: a disk (or any byte container) that knows its length,
+//!   reads any byte range as [`Bytes`] or a stream, and may know which
+//!   ranges are allocated. Sources: [`FileSource`] (allocated extents from
+//!   `SEEK_DATA`/`SEEK_HOLE`), [`HttpSource`] (single-range `GET`s checked
+//!   to be exactly the range asked for, resumed when cut), [`BytesSource`],
+//!   and providers' disks ([`crate::provider::Provider::open_disk`]).
+//! - [`BlockSink`]: where blocks go; [`SparseFile`] writes only non-zero
+//!   blocks to `<name>.part`, punches freed ranges, and renames into place
+//!   only once complete and synced.
+//! - [`copy_extents`] and [`copy_to_file`]: move a list of extents from a
+//!   source to a sink in bounded sub-ranges with N in flight, hashing the
+//!   whole image in order, reporting progress, and committing to a
+//!   [`crate::checkpoint`] session so a killed copy resumes without
+//!   fetching a committed byte again.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
