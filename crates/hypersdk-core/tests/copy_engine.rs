@@ -458,3 +458,67 @@ async fn freed_ranges_are_punched_and_copied_ranges_win() {
     assert!(matches!(e, Error::InvalidInput { .. }));
     short.abort().await.unwrap();
 }
+
+/// A source whose every read fails for good.
+#[derive(Debug)]
+struct Broken(u64);
+
+#[async_trait::async_trait]
+impl BlockSource for Broken {
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+    fn len(&self) -> u64 {
+        self.0
+    }
+    async fn read_range(&self, _: Extent) -> hypersdk_core::Result<Bytes> {
+        Err(Error::invalid_data("broken", "no data today"))
+    }
+    async fn allocated_extents(&self) -> hypersdk_core::Result<Option<ExtentList>> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn progress_against_a_lost_part_file_is_forgotten_on_disk_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("copy.raw");
+    let store = CheckpointStore::open(work.path().join("checkpoints")).unwrap();
+    let mut session = TransferSession::new("test-copy", "src", "dst");
+    session
+        .add_item(hypersdk_core::checkpoint::TransferItem::new(
+            "disk",
+            4 * MIB,
+        ))
+        .unwrap();
+    session
+        .item_mut("disk")
+        .unwrap()
+        .mark_done(Extent::new(0, 2 * MIB));
+    store.save(&mut session).unwrap();
+    let id = session.id.clone();
+
+    // No .part file: the recorded progress is worthless. The copy fails at
+    // its first read, before any commit.
+    let e = copy_to_file(
+        &Broken(4 * MIB),
+        &out,
+        None,
+        None,
+        Some(Checkpointing {
+            store: &store,
+            session: &mut session,
+        }),
+        &CopyOptions::default().with_item("disk"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData);
+    assert!(!out.exists());
+    let saved = store.load(&id).unwrap();
+    assert_eq!(
+        saved.item("disk").unwrap().bytes_done(),
+        0,
+        "a later run would trust bytes the new .part does not hold"
+    );
+}

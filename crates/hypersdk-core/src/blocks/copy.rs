@@ -310,7 +310,12 @@ pub async fn copy_extents(
                     .iter()
                     .map(|e| Piece::ReadBack(*e)),
             )
-            .chain(zeros.iter().map(|e| Piece::Zero(*e)))
+            .chain(
+                zeros
+                    .split_to_max(READ_BACK_CHUNK)?
+                    .iter()
+                    .map(|e| Piece::Zero(*e)),
+            )
             .collect();
         all.sort_by_key(|p| p.extent().offset);
         all
@@ -344,7 +349,23 @@ pub async fn copy_extents(
 
     let mut since_commit: Vec<Extent> = Vec::new();
     let mut last_commit = Instant::now();
-    while let Some((piece, extent, data)) = results.try_next().await? {
+    loop {
+        let (piece, extent, data) = match results.try_next().await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(e) => {
+                // Keep what finished in order before the failure.
+                if let Some(cp) = checkpoint.as_mut() {
+                    drop(results);
+                    if let Err(commit_error) =
+                        commit(sink, cp, &options.item, &mut since_commit).await
+                    {
+                        tracing::warn!(error = %commit_error, "cannot commit before failing");
+                    }
+                }
+                return Err(e);
+            }
+        };
         if let Some(h) = hasher.as_mut() {
             match piece {
                 Piece::Zero(e) => hash_zeros(h, e.length),
@@ -404,7 +425,9 @@ pub async fn copy_extents(
 /// # Errors
 ///
 /// As [`copy_extents`]. On error nothing is at `path` (an earlier file
-/// there is left untouched). With a checkpoint, `<path>.part` is kept for a
+/// there is left untouched), with one exception: if saving the checkpoint
+/// fails after the image was renamed into place, the complete image is at
+/// `path` and the save error is returned. With a checkpoint, `<path>.part` is kept for a
 /// resume; without one it is removed.
 ///
 /// # Cancellation
@@ -433,12 +456,15 @@ pub async fn copy_to_file(
         .await
         .map_err(|e| Error::io(part.display().to_string(), e))?;
     let mut resume = false;
+    let mut reset = false;
     if let Some(cp) = checkpoint.as_mut()
         && let Some(item) = cp.session.item_mut(&options.item)
         && !item.completed.is_empty()
     {
         if part_exists {
             resume = true;
+            // Only what this run plans to copy can be trusted as done.
+            item.completed = item.completed.intersect(&planned);
         } else {
             tracing::warn!(
                 part = %part.display(),
@@ -446,10 +472,23 @@ pub async fn copy_to_file(
                 "the checkpoint records progress but the .part file is gone: starting over"
             );
             item.completed = ExtentList::new();
+            reset = true;
         }
     }
+    if reset && let Some(cp) = checkpoint.as_mut() {
+        // Saved before a new .part exists: a run killed after this point
+        // must not trust progress recorded against the lost file.
+        save(cp).await?;
+    }
     let sink = if resume {
-        SparseFile::resume(path, len).await?
+        let sink = SparseFile::resume(path, len).await?;
+        // A killed run may have written ranges this run does not plan to
+        // copy (other extents, uncommitted writes): outside the plan the
+        // image must read as zeros.
+        for hole in planned.complement(Extent::new(0, len)).iter() {
+            sink.punch_hole(*hole).await?;
+        }
+        sink
     } else {
         SparseFile::create(path, len).await?
     };

@@ -264,7 +264,11 @@ impl HttpSource {
     /// The client used when none is given: rustls with the platform's
     /// verifier, a connect timeout of [`DEFAULT_CONNECT_TIMEOUT`], and no
     /// total timeout (multi-gigabyte bodies are bounded by the idle timeout
-    /// instead). Build it once and share it: clones share the pool.
+    /// instead). Each call builds a new client with its own pool: to share
+    /// connections between sources, build one and pass clones of it to
+    /// [`HttpSourceBuilder::client`]. (There is deliberately no
+    /// process-wide client: a reqwest pool belongs to the tokio runtime it
+    /// was first used on.)
     ///
     /// # Errors
     ///
@@ -332,6 +336,7 @@ impl BlockSource for HttpSource {
             pos: range.offset,
             end: range.end(),
             body: None,
+            opened_at: range.offset,
             failures: 0,
             started: tokio::time::Instant::now(),
             done: false,
@@ -457,10 +462,8 @@ impl Inner {
             } else {
                 // A short excerpt of the error page; a body that fails to
                 // arrive does not hide the status.
-                tokio::time::timeout(self.idle_timeout, response.text())
+                tokio::time::timeout(self.idle_timeout, error_excerpt(response))
                     .await
-                    .ok()
-                    .and_then(|r| r.ok())
                     .unwrap_or_default()
             };
             return Err(Error::from_http_status(
@@ -615,11 +618,20 @@ struct RangeRead {
     /// One past the last byte.
     end: u64,
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
-    /// Failures since the last byte was delivered.
+    /// Where the current body started.
+    opened_at: u64,
+    /// Failures since the last body that made real progress.
     failures: u32,
+    /// When the current run of failures began (for the deadline).
     started: tokio::time::Instant,
     done: bool,
 }
+
+/// A body that delivered at least this much before failing counts as
+/// progress: the failure count and the deadline clock start over. Smaller
+/// progress does not, so a server that sends a few bytes and fails forever
+/// still exhausts the retries.
+const PROGRESS_RESET: u64 = 64 << 10;
 
 impl RangeRead {
     /// The next chunk, resuming and retrying as the policy allows.
@@ -633,12 +645,13 @@ impl RangeRead {
                 return Ok(None);
             }
             let error = match self.try_next().await {
-                Ok(chunk) => {
-                    self.failures = 0;
-                    return Ok(Some(chunk));
-                }
+                Ok(chunk) => return Ok(Some(chunk)),
                 Err(e) => e,
             };
+            if self.body.is_some() && self.pos - self.opened_at >= PROGRESS_RESET {
+                self.failures = 0;
+                self.started = tokio::time::Instant::now();
+            }
             self.body = None;
             self.failures += 1;
             let inner = &self.inner;
@@ -679,16 +692,25 @@ impl RangeRead {
                 inner.counters.resumes.fetch_add(1, Ordering::Relaxed);
             }
             self.body = Some(inner.get_range(self.pos, self.end).await?);
+            self.opened_at = self.pos;
         }
         let Some(body) = self.body.as_mut() else {
             return Err(Error::other("no response body"));
         };
-        let next = tokio::time::timeout(inner.idle_timeout, body.next())
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: format!("reading GET {} at byte {}", inner.display, self.pos),
-                after: inner.idle_timeout,
-            })?;
+        // Empty chunks are skipped and do not restart the idle clock.
+        let idle_deadline = tokio::time::Instant::now() + inner.idle_timeout;
+        let next = loop {
+            let next = tokio::time::timeout_at(idle_deadline, body.next())
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: format!("reading GET {} at byte {}", inner.display, self.pos),
+                    after: inner.idle_timeout,
+                })?;
+            match next {
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                other => break other,
+            }
+        };
         match next {
             Some(Ok(chunk)) => {
                 let room = self.end - self.pos;
@@ -741,6 +763,22 @@ fn exhausted(
         elapsed: started.elapsed(),
         last: Box::new(error),
     }
+}
+
+/// The first few KiB of an error response's body, as text: enough for a
+/// message, without buffering a huge error page.
+async fn error_excerpt(mut response: reqwest::Response) -> String {
+    const LIMIT: usize = 4096;
+    let mut excerpt = Vec::new();
+    while excerpt.len() < LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(LIMIT - excerpt.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&excerpt).into_owned()
 }
 
 /// Whether `value` is exactly `bytes first-last/total`.
