@@ -42,6 +42,7 @@ use tokio::sync::RwLock;
 
 use super::BlockSink;
 use super::file::{allocated_size, file_object, read_exact_at, run_blocking, write_all_at};
+use crate::fsutil::{parent_dir, sync_dir};
 use crate::model::Extent;
 use crate::{Error, Result};
 
@@ -548,25 +549,6 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
         write_all_at(file, &zeros[..n], pos)?;
         pos += n as u64;
     }
-    Ok(())
-}
-
-/// The directory holding `path`; `.` for a bare file name.
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Makes a rename in `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
