@@ -49,7 +49,7 @@ use http::{Method, StatusCode};
 use super::{BlockSource, check_range};
 use crate::error::redact_url;
 use crate::model::{Extent, ExtentList};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, retry};
 use crate::{Error, Result};
 
 /// Default time to wait for the next bytes of a body before the read is
@@ -478,58 +478,43 @@ impl Inner {
 
     /// `HEAD`: the size from the `Content-Length` header and the `ETag`.
     async fn head(&self) -> Result<(u64, Option<String>)> {
-        let started = tokio::time::Instant::now();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let result = async {
-                let response = self.send(Method::HEAD, HeaderMap::new()).await?;
-                if response.status() != StatusCode::OK {
-                    return Err(Error::invalid_data(
+        let operation = format!("HEAD {}", self.display);
+        retry(&self.backoff, &operation, |_| async {
+            let response = self.send(Method::HEAD, HeaderMap::new()).await?;
+            if response.status() != StatusCode::OK {
+                return Err(Error::invalid_data(
+                    format!("HEAD {}", self.display),
+                    format!("expected 200 OK, got {}", response.status()),
+                ));
+            }
+            // reqwest's content_length() reports the (empty) body of a
+            // HEAD, so the header is read directly.
+            let headers = response.headers();
+            let len = headers
+                .get(header::CONTENT_LENGTH)
+                .ok_or_else(|| {
+                    Error::invalid_data(
                         format!("HEAD {}", self.display),
-                        format!("expected 200 OK, got {}", response.status()),
-                    ));
-                }
-                // reqwest's content_length() reports the (empty) body of a
-                // HEAD, so the header is read directly.
-                let headers = response.headers();
-                let len = headers
-                    .get(header::CONTENT_LENGTH)
-                    .ok_or_else(|| {
-                        Error::invalid_data(
-                            format!("HEAD {}", self.display),
-                            "no Content-Length: the size of the file is unknown",
-                        )
-                    })?
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        Error::invalid_data(
-                            format!("HEAD {}", self.display),
-                            "Content-Length is not a number",
-                        )
-                    })?;
-                let etag = headers
-                    .get(header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.starts_with("W/"))
-                    .map(str::to_owned);
-                Ok((len, etag))
-            }
-            .await;
-            match result {
-                Ok(v) => return Ok(v),
-                Err(e) => match self.backoff.next_delay(attempts, started.elapsed(), &e) {
-                    Some(delay) => {
-                        tracing::warn!(target: "hypersdk_core::retry", url = %self.display,
-                            attempt = attempts, error = %e, "retrying HEAD");
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => return Err(exhausted(&self.display, "HEAD", attempts, started, e)),
-                },
-            }
-        }
+                        "no Content-Length: the size of the file is unknown",
+                    )
+                })?
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::invalid_data(
+                        format!("HEAD {}", self.display),
+                        "Content-Length is not a number",
+                    )
+                })?;
+            let etag = headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.starts_with("W/"))
+                .map(str::to_owned);
+            Ok((len, etag))
+        })
+        .await
     }
 
     /// `GET` of `[pos, end)`, checked to be exactly that range.
