@@ -33,6 +33,15 @@ missing=()
 for cmd in "${!PEERS[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PEERS[$cmd]}")
 done
+# Debian packages the vcsim test harness is built from (Go 1.19 and the
+# govmomi 0.24 sources; see crates/hypersdk-testkit/vcsim/README.md). The
+# harness is built by the first test that needs it, cached under
+# target/hypersdk-vcsim/ and guarded by a file lock, so parallel test
+# binaries never race on it.
+VCSIM_PACKAGES=(golang-1.19-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev)
+for pkg in "${VCSIM_PACKAGES[@]}"; do
+  dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

@@ -7,11 +7,15 @@
 //!   testing HTTP range readers against a misbehaving peer.
 //! - [`fault_proxy`]: a TCP proxy that cuts, resets or delays the
 //!   connections through it after exact byte counts.
+//! - [`vcsim`]: builds and runs the vcsim test harness (govmomi's vSphere
+//!   simulator plus ExportVm, CreateDescriptor, paging, NFC upload capture,
+//!   fault injection and a control API) on a loopback port, one process per
+//!   test, stopped on drop.
 //!
-//! The vcsim launcher and the OVM exporter test server arrive here with the
-//! issues that need them.
+//! The OVM exporter test server arrives here with the issue that needs it.
 #![forbid(unsafe_code)]
 
 pub mod conformance;
 pub mod fault_proxy;
 pub mod http_server;
+pub mod vcsim;
