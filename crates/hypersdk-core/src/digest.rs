@@ -408,6 +408,17 @@ impl IntoIterator for Digests {
     }
 }
 
+/// Which algorithms of a [`MultiHasher`] get a thread of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Threads {
+    /// All but the cheapest, which runs on the caller's thread.
+    AllButCheapest,
+    /// Every algorithm.
+    All,
+    /// None: everything on the caller's thread.
+    None,
+}
+
 /// Streaming hasher of a set of [`Algorithm`]s over one stream of bytes.
 ///
 /// See the [module documentation](self) for the threads it uses. Feed it with
@@ -447,7 +458,7 @@ impl MultiHasher {
     /// checksums, only [`Digests::bytes_hashed`]. If a thread cannot be
     /// started, its algorithm is hashed on the caller's thread instead.
     pub fn new(algorithms: &[Algorithm]) -> Self {
-        Self::build(algorithms, true)
+        Self::build(algorithms, Threads::AllButCheapest)
     }
 
     /// A hasher of `algorithms` that hashes every algorithm on a thread of its
@@ -462,13 +473,18 @@ impl MultiHasher {
     /// cores, prefer [`new`](Self::new), which does not start more threads
     /// than algorithms minus one.
     pub fn offloaded(algorithms: &[Algorithm]) -> Self {
-        Self::build(algorithms, false)
+        Self::build(algorithms, Threads::All)
     }
 
-    /// Creates a hasher. With `keep_one_inline`, the cheapest algorithm is
-    /// hashed on the caller's thread; without it every algorithm gets a
-    /// thread.
-    fn build(algorithms: &[Algorithm], keep_one_inline: bool) -> Self {
+    /// A hasher of `algorithms` that hashes everything on the caller's
+    /// thread and starts no thread: for small inputs (a descriptor, many
+    /// tiny files), where starting a thread costs more than it saves.
+    pub fn inline(algorithms: &[Algorithm]) -> Self {
+        Self::build(algorithms, Threads::None)
+    }
+
+    /// Creates a hasher whose algorithms get threads as `threads` says.
+    fn build(algorithms: &[Algorithm], threads: Threads) -> Self {
         let mut unique: Vec<Algorithm> = Vec::with_capacity(algorithms.len());
         for &a in algorithms {
             if !unique.contains(&a) {
@@ -478,13 +494,12 @@ impl MultiHasher {
         let cancel = Arc::new(AtomicBool::new(false));
         let mut inline = Vec::new();
         let mut workers = Vec::new();
-        let inline_alg = if keep_one_inline {
-            unique.iter().copied().min_by_key(|a| a.cost())
-        } else {
-            None
+        let inline_alg = match threads {
+            Threads::AllButCheapest => unique.iter().copied().min_by_key(|a| a.cost()),
+            Threads::All | Threads::None => None,
         };
         for &a in &unique {
-            if Some(a) == inline_alg {
+            if Some(a) == inline_alg || threads == Threads::None {
                 inline.push(State::new(a));
                 continue;
             }
@@ -976,6 +991,7 @@ mod tests {
         vec![
             MultiHasher::new(algorithms),
             MultiHasher::offloaded(algorithms),
+            MultiHasher::inline(algorithms),
         ]
     }
 

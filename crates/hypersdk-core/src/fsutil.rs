@@ -1,5 +1,5 @@
-//! Small file-system helpers shared by the modules that persist state
-//! (progress state files, checkpoints).
+//! Small file-system helpers shared by the modules and crates that persist
+//! state (progress state files, checkpoints, artifact manifests).
 //!
 //! [`write_atomic`] replaces a file so that a concurrent reader sees either
 //! the old or the new content in full, never a torn mix, and so that a crash
@@ -31,7 +31,7 @@ const TEMP_ATTEMPTS: u32 = 16;
 ///
 /// A symbolic link at `path` is replaced by a regular file, not followed.
 /// This is blocking I/O.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let object = path.display().to_string();
     let name = path
         .file_name()
@@ -78,7 +78,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// The directory holding `path`; `.` for a bare file name.
-pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

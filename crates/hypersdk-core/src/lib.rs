@@ -47,7 +47,7 @@ pub mod blocks;
 pub mod checkpoint;
 pub mod digest;
 pub mod error;
-pub(crate) mod fsutil;
+pub mod fsutil;
 pub mod memory;
 pub mod model;
 pub mod progress;

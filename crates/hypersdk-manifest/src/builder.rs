@@ -603,7 +603,7 @@ impl Manifest {
     /// [`crate::ValidationReport::into_result`].
     pub async fn write_validated(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let base = crate::io::parent_dir(path);
+        let base = hypersdk_core::fsutil::parent_dir(path);
         let report = Validator::new()
             .with_checksums(false)
             .with_base_dir(base)

@@ -6,11 +6,10 @@
 //! manifest. Manifests are a few KiB: these are blocking calls, cheap enough
 //! for async code.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::path::Path;
 
+use hypersdk_core::fsutil::write_atomic;
 use hypersdk_core::{Error, Result};
 use serde_json::Value;
 
@@ -83,90 +82,13 @@ impl Manifest {
     /// builder's output is valid by construction, and
     /// [`crate::write_export_manifest`] validates before writing.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), self.to_json_pretty()?.as_bytes())
+        // The converter may run as another user: readable by all.
+        write_atomic(
+            path.as_ref(),
+            self.to_json_pretty()?.as_bytes(),
+            Some(FILE_MODE),
+        )
     }
-}
-
-/// The directory holding `path`; `.` for a bare file name.
-pub(crate) fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Distinguishes the temporary files of concurrent writers in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `bytes` atomically (temp file, fsync, rename,
-/// directory fsync), mode 0644 on unix.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let object = path.display().to_string();
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid_input(format!("'{object}' does not name a file to write")))?
-        .to_string_lossy()
-        .into_owned();
-    let dir = parent_dir(path);
-    let (tmp, mut file) = create_temp(&dir, &name).map_err(|e| Error::io(object.as_str(), e))?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| {
-            drop(file);
-            fs::rename(&tmp, path)
-        });
-    if let Err(e) = result {
-        // Best effort: the temporary file is ours and useless now.
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(object, e));
-    }
-    sync_dir(&dir).map_err(|e| Error::io(dir.display().to_string(), e))
-}
-
-fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
-    let pid = std::process::id();
-    let mut last = None;
-    for _ in 0..16 {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.{pid}.{n}.tmp"));
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(FILE_MODE);
-        }
-        match opts.open(&tmp) {
-            Ok(file) => {
-                // The umask may have removed bits; the converter may run as
-                // another user and must be able to read the manifest.
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    if let Err(e) = file.set_permissions(fs::Permissions::from_mode(FILE_MODE)) {
-                        drop(file);
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-                return Ok((tmp, file));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

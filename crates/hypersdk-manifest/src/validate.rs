@@ -175,7 +175,7 @@ impl Validator {
         };
         let base = match &self.base_dir {
             Some(dir) => dir.clone(),
-            None => crate::io::parent_dir(path),
+            None => hypersdk_core::fsutil::parent_dir(path),
         };
         Ok(self.validate_in(&value, &base).await)
     }

@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use hypersdk_core::blocks::{BlockSource, FileSource, check_range};
-use hypersdk_core::digest::Algorithm;
+use hypersdk_core::digest::{Algorithm, hash_file};
 use hypersdk_core::model::{
     DiskFormat, Extent, ExtentList, SnapshotInfo, SnapshotRef, VmFilter, VmInfo, VmRef,
 };
@@ -57,6 +57,7 @@ use hypersdk_core::provider::{
 use hypersdk_core::{Error, Result};
 
 use crate::archive::{ManifestMode, OvaIndex, OvaWriter, ReadOptions, WriteOptions};
+use crate::mf::Manifest;
 use crate::ovf::{Envelope, OvfDisk, write_descriptor};
 
 /// The provider name used in messages.
@@ -140,9 +141,23 @@ impl OvaDirProvider {
                 files: Files::Ova(Box::new(index)),
             })
         } else {
+            let object = || format!("descriptor '{}'", path.display());
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| Error::io(object(), e))?
+                .len();
+            if len > self.options.xml.max_bytes as u64 {
+                return Err(Error::invalid_data(
+                    object(),
+                    format!(
+                        "{len} bytes, larger than the {}-byte limit for a descriptor",
+                        self.options.xml.max_bytes
+                    ),
+                ));
+            }
             let bytes = tokio::fs::read(&path)
                 .await
-                .map_err(|e| Error::io(format!("descriptor '{}'", path.display()), e))?;
+                .map_err(|e| Error::io(object(), e))?;
             let envelope = Envelope::parse_with(&bytes, &self.options.xml)?;
             Ok(Package {
                 file_name: file_name.to_string(),
@@ -194,10 +209,16 @@ impl OvaDirProvider {
     /// error (a corrupt archive) is reported rather than "not found".
     async fn find(&self, r: &VmRef) -> Result<(VmInfo, Arc<Package>)> {
         if let VmRef::Id(id) = r {
-            let file = id.split('#').next().unwrap_or(id);
-            if !self.package_names().await?.iter().any(|n| n == file) {
-                return Err(Error::not_found(r.to_string()));
-            }
+            // `pkg.ova` or `pkg.ova#system`; a file name may hold '#' too.
+            let names = self.package_names().await?;
+            let file = if names.iter().any(|n| n == id) {
+                id.as_str()
+            } else {
+                match id.rsplit_once('#') {
+                    Some((file, _)) if names.iter().any(|n| n == file) => file,
+                    _ => return Err(Error::not_found(r.to_string())),
+                }
+            };
             let package = Arc::new(self.load(file).await?);
             return Self::vms_of(&package)?
                 .into_iter()
@@ -218,6 +239,42 @@ impl OvaDirProvider {
                 object: r.to_string(),
                 message: format!("{n} packages hold a VM matching it; refer to it by id"),
             }),
+        }
+    }
+
+    /// Checks the package's digests: an OVA against its manifest (every
+    /// listed file hashed, in parallel), an OVF package against the
+    /// `<stem>.mf` beside it when there is one. A package without a
+    /// manifest has nothing to check against.
+    async fn verify(&self, package: &Package) -> Result<()> {
+        match &package.files {
+            Files::Ova(index) => {
+                if index.manifest().is_some() {
+                    index.verify().await?;
+                }
+                Ok(())
+            }
+            Files::Ovf(path) => {
+                let mf_path = path.with_extension("mf");
+                let text = match tokio::fs::read(&mf_path).await {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => {
+                        return Err(Error::io(format!("manifest '{}'", mf_path.display()), e));
+                    }
+                };
+                let mf_name = mf_path.display().to_string();
+                let mf = Manifest::parse_named(&mf_name, &text)?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                for listed in mf.names() {
+                    let file = dir.join(crate::archive::validate_entry_name(listed)?);
+                    let algorithms: Vec<Algorithm> =
+                        mf.checksums_of(listed).map(|c| c.algorithm()).collect();
+                    let digests = hash_file(&file, &algorithms).await?;
+                    mf.verify(listed, &digests)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -282,6 +339,16 @@ impl Provider for OvaDirProvider {
             return Err(unsupported(self, "export from a snapshot"));
         }
         let (info, package) = self.find(vm).await?;
+        if let Some(wanted) = &options.disks
+            && let Some(unknown) = wanted
+                .iter()
+                .find(|w| !info.disks.iter().any(|d| d.id == **w))
+        {
+            return Err(Error::not_found(format!("disk '{unknown}' of {vm}")));
+        }
+        // The package is untrusted: its digests are checked before any
+        // byte of it is handed on.
+        self.verify(&package).await?;
         let method = match package.files {
             Files::Ova(_) => "ova-directory",
             Files::Ovf(_) => "ovf-directory",
@@ -311,11 +378,11 @@ impl Provider for OvaDirProvider {
                         .references()
                         .iter()
                         .find(|f| f.href == *href)
-                        && f.compression.is_some()
+                        && (f.compression.is_some() || f.chunk_size.is_some())
                     {
                         return Err(unsupported(
                             self,
-                            &format!("export of the compressed file '{href}'"),
+                            &format!("export of the compressed or chunked file '{href}'"),
                         ));
                     }
                     let source = self.file_source(&package, href).await?;
@@ -350,6 +417,14 @@ impl Provider for OvaDirProvider {
     /// complete: a failed disk stream leaves nothing. An existing package
     /// of that name is [`Error::AlreadyExists`].
     async fn import(&self, package: ImportPackage, options: &ImportOptions) -> Result<VmInfo> {
+        if options.power_on {
+            return Err(unsupported(self, "power on after import"));
+        }
+        if options.location.is_some() {
+            return Err(Error::invalid_input(
+                "the directory provider has no locations: leave ImportOptions::location unset",
+            ));
+        }
         let mut vm = package.vm;
         if let Some(name) = &options.name {
             vm.name = name.clone();
@@ -397,7 +472,14 @@ impl Provider for OvaDirProvider {
             }
         }
         writer.finish().await?;
-        self.vm(&VmRef::id(file_name)).await
+        match self.vm(&VmRef::id(file_name)).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                // What we wrote does not read back: leave nothing behind.
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+        }
     }
 
     async fn open_disk(
@@ -418,8 +500,9 @@ impl Provider for OvaDirProvider {
     }
 }
 
-/// A file name from arbitrary text: path separators, control characters
-/// and characters Windows forbids become `_`; a leading dot is dropped.
+/// A file name from arbitrary text: path separators, control characters,
+/// characters Windows forbids and `#` (which separates a package from a
+/// system in VM ids) become `_`; a leading dot is dropped.
 fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
@@ -427,7 +510,7 @@ fn sanitize(name: &str) -> String {
             if c.is_control()
                 || matches!(
                     c,
-                    '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' | '(' | ')'
+                    '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' | '#'
                 )
             {
                 '_'
@@ -439,6 +522,9 @@ fn sanitize(name: &str) -> String {
     let s = s.trim_start_matches('.').trim().to_string();
     if s.is_empty() { "_".to_string() } else { s }
 }
+
+/// The largest [`BlockSource::read_range`] of a blank disk (256 MiB).
+const MAX_ZERO_READ: u64 = 256 << 20;
 
 /// A blank disk: zeros, nothing allocated.
 #[derive(Debug)]
@@ -458,6 +544,14 @@ impl BlockSource for Zeros {
 
     async fn read_range(&self, range: Extent) -> Result<Bytes> {
         check_range(self, range)?;
+        // The capacity comes from an untrusted descriptor: a whole blank
+        // disk is read with read_stream, not allocated at once.
+        if range.length > MAX_ZERO_READ {
+            return Err(Error::invalid_input(format!(
+                "range {range} of a blank disk is larger than {MAX_ZERO_READ} bytes; \
+                 read it with read_stream"
+            )));
+        }
         let len = usize::try_from(range.length).map_err(|_| {
             Error::invalid_input(format!("range {range} is too large to read at once"))
         })?;

@@ -13,7 +13,7 @@
 //! The parser follows VirtualBox's reader, the most tolerant real one: blanks
 //! around the parentheses and `=` are optional, CRLF line ends and empty lines
 //! are accepted, a `\` in a name is read as `/`, and names may contain
-//! spaces (`Debian 12-disk001.vmdk`). SHA-1, SHA-256 and SHA-512 are read;
+//! spaces and parentheses (`Ubuntu (64-bit)-disk001.vmdk`). SHA-1, SHA-256 and SHA-512 are read;
 //! any other attribute (MD5, SIZE) is an error naming the line, because a
 //! digest that cannot be checked must not pass as checked.
 //!
@@ -69,8 +69,8 @@ impl Manifest {
     ///
     /// Errors are [`Error::InvalidData`] naming the line: a line that is not
     /// `ALG(name)= hex`, an unknown algorithm, a digest of the wrong length
-    /// or with non-hex digits, a name with control characters, `:` or
-    /// parentheses, and the same file listed twice for one algorithm.
+    /// or with non-hex digits, a name with control characters, and the same
+    /// file listed twice for one algorithm.
     pub fn parse(text: &[u8]) -> Result<Self> {
         Self::parse_named("manifest", text)
     }
@@ -117,10 +117,11 @@ impl Manifest {
     /// Adds (or replaces) the expected digest of `name`.
     ///
     /// Fails with [`Error::InvalidInput`] when `name` cannot be written in a
-    /// manifest (empty, or with control characters, `:` or parentheses).
+    /// manifest (empty, control characters, or a `)` followed by `=`).
     pub fn insert(&mut self, name: impl Into<String>, checksum: Checksum) -> Result<()> {
         let name = name.into();
-        check_name(&name).map_err(|m| Error::invalid_input(format!("manifest entry: {m}")))?;
+        check_entry_name(&name)
+            .map_err(|m| Error::invalid_input(format!("manifest entry: {m}")))?;
         match self
             .entries
             .iter_mut()
@@ -278,7 +279,7 @@ fn parse_line(line: &str) -> std::result::Result<ManifestEntry, String> {
     let after = rest[close + 1..].trim_start();
     let value = after.strip_prefix('=').unwrap_or(after).trim();
     let algorithm = parse_tag(tag)?;
-    check_name(&name)?;
+    check_entry_name(&name)?;
     if value.is_empty() {
         return Err(format!("no digest after '=' for '{name}'"));
     }
@@ -293,18 +294,27 @@ fn parse_line(line: &str) -> std::result::Result<ManifestEntry, String> {
     Ok(ManifestEntry { name, checksum })
 }
 
-fn check_name(name: &str) -> std::result::Result<(), String> {
+/// Whether `name` can be written on a manifest line and read back: not
+/// empty, no control characters, and no `)` followed by `=` (where the
+/// name would end). Parentheses and colons are fine: VirtualBox names disks
+/// `Ubuntu (64-bit)-disk001.vmdk`.
+pub(crate) fn check_entry_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("empty file name".into());
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || matches!(c, ':' | '(' | ')'))
-    {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!(
             "file name '{}' contains {c:?}, which a manifest cannot carry",
             name.escape_debug()
         ));
+    }
+    for (i, _) in name.match_indices(')') {
+        if name[i + 1..].trim_start().starts_with('=') {
+            return Err(format!(
+                "file name '{}' contains ')' followed by '=', which ends a name in a manifest",
+                name.escape_debug()
+            ));
+        }
     }
     Ok(())
 }
@@ -362,7 +372,7 @@ mod tests {
             ("FOO(x.vmdk)= abc", "line 2: unknown digest algorithm 'FOO'"),
             ("SHA1 x.vmdk abc", "line 2: no '(' after 'SHA1'"),
             ("SHA1(x.vmdk abc", "line 2: no ')' followed by '='"),
-            ("SHA1(a:b)= abc", "contains ':'"),
+            ("SHA1(a\u{7}b)= abc", "contains '\\u{7}'"),
             ("SHA1()= abc", "empty file name"),
             ("SHA1(x.vmdk)=", "no digest after '='"),
         ];
@@ -398,8 +408,22 @@ mod tests {
         assert!(text.starts_with("SHA256(vm.ovf)= "), "{text}");
         assert_eq!(Manifest::parse(text.as_bytes()).unwrap(), mf);
         assert!(
-            mf.insert("bad(name)", Checksum::compute(Algorithm::Sha1, b""))
+            mf.insert("bad)= name", Checksum::compute(Algorithm::Sha1, b""))
                 .is_err()
+        );
+        mf.insert(
+            "Ubuntu (64-bit)-disk001.vmdk",
+            Checksum::compute(Algorithm::Sha256, b"u"),
+        )
+        .unwrap();
+        let back = Manifest::parse(mf.to_string().as_bytes()).unwrap();
+        assert!(back.contains("Ubuntu (64-bit)-disk001.vmdk"));
+        // The VirtualBox spelling of such a name.
+        let vbox = format!("SHA1 (Ubuntu (64-bit).ovf) = {SHA1_EMPTY}\n");
+        assert!(
+            Manifest::parse(vbox.as_bytes())
+                .unwrap()
+                .contains("Ubuntu (64-bit).ovf")
         );
     }
 

@@ -185,3 +185,54 @@ async fn an_ovf_package_with_its_files_beside_it() {
     let data = bytes_of(disks.into_iter().next().unwrap().data).await;
     assert_eq!(&data[..4], b"KDMV");
 }
+
+#[tokio::test]
+async fn a_tampered_package_is_not_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(testdata("ova/govmomi-ttylinux-pc_i486-16.1.ova")).unwrap();
+    bytes[7168 + 4242] ^= 1; // inside the disk
+    std::fs::write(dir.path().join("tty.ova"), &bytes).unwrap();
+    let p = OvaDirProvider::new(dir.path());
+    // Its facts still read (the descriptor is intact)...
+    p.vm(&VmRef::id("tty.ova")).await.unwrap();
+    // ...but its bytes are not handed on.
+    let err = p
+        .export(&VmRef::id("tty.ova"), &ExportOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+}
+
+#[tokio::test]
+async fn names_with_hashes_and_unknown_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        testdata("ova/govmomi-ttylinux-pc_i486-16.1.ova"),
+        dir.path().join("web#01.ova"),
+    )
+    .unwrap();
+    let p = OvaDirProvider::new(dir.path());
+    let vm = p.vm(&VmRef::id("web#01.ova")).await.unwrap();
+    assert_eq!(vm.id, "web#01.ova");
+    let err = p
+        .export(
+            &VmRef::id("web#01.ova"),
+            &ExportOptions::default().with_disks(["no-such-disk"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // An import named with '#' gets a file name without it.
+    let export = p
+        .export(&VmRef::id("web#01.ova"), &ExportOptions::default())
+        .await
+        .unwrap();
+    let (pkg, lease) = export.into_package();
+    let copy = p
+        .import(pkg, &ImportOptions::default().with_name("copy#2"))
+        .await
+        .unwrap();
+    lease.complete().await.unwrap();
+    assert_eq!(copy.id, "copy_2.ova");
+    assert_eq!(copy.name, "copy#2");
+}

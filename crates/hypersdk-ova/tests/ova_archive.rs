@@ -686,17 +686,176 @@ async fn files_the_manifest_does_not_cover_are_refused_unless_allowed() {
         assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
         assert!(err.to_string().contains("does not list this file"), "{err}");
         assert!(err.to_string().contains("disk1.vmdk"), "{err}");
-        // Allowed, the package reads; what the manifest lists verified.
+        // Allowed, the package reads; what the manifest lists verified,
+        // but the manifest did not cover everything.
         let opts = ReadOptions::default().with_allow_unlisted(true);
         let s = OvaReader::with_options(&bytes[..], opts)
             .finish()
             .await
             .unwrap();
-        assert!(s.entries[0].verified && s.manifest_verified);
+        assert!(s.entries[0].verified && !s.manifest_verified);
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.ova");
     std::fs::write(&path, &upfront).unwrap();
     let err = OvaIndex::open(&path).await.unwrap_err();
     assert!(err.to_string().contains("does not list this file"), "{err}");
+}
+
+#[tokio::test]
+async fn after_an_error_the_reader_is_spent() {
+    let mut bytes = read(TTY_OVA);
+    bytes[7168 + 1000] ^= 1;
+    let mut r = OvaReader::new(&bytes[..]);
+    r.next_entry().await.unwrap().unwrap();
+    let err = loop {
+        match r.read_chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a bad disk read to its end"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Integrity);
+    // Every later call refuses, naming the first error.
+    let again = r.read_chunk().await.unwrap_err().to_string();
+    assert!(
+        again.contains("cannot go on") && again.contains(TTY_DISK),
+        "{again}"
+    );
+    assert!(r.next_entry().await.is_err());
+    assert!(r.finish().await.is_err());
+}
+
+#[tokio::test]
+async fn a_consumer_reading_exactly_size_bytes_never_gets_a_bad_file() {
+    let mut bytes = read(TTY_OVA);
+    // The last byte of the disk.
+    bytes[7168 + 1_048_575] ^= 1;
+    let mut r = OvaReader::new(&bytes[..]);
+    let e = r.next_entry().await.unwrap().unwrap();
+    let mut data = vec![0u8; e.size as usize];
+    let err = r.entry_reader().read_exact(&mut data).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_dropped_entry_reader_loses_nothing() {
+    let bytes = read(TTY_OVA);
+    let mut r = OvaReader::new(&bytes[..]);
+    r.next_entry().await.unwrap().unwrap();
+    let mut head = vec![0u8; 512];
+    r.entry_reader().read_exact(&mut head).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(c) = r.read_chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    head.extend_from_slice(&rest);
+    assert_eq!(
+        head,
+        read("vmdk/govmomi-ttylinux-disk1-ovftool-stream-truncated.vmdk")
+    );
+}
+
+#[tokio::test]
+async fn the_manifest_must_cover_the_descriptor() {
+    let sha1 = Checksum::compute(Algorithm::Sha1, b"x").to_hex();
+    let mf = format!("SHA1(disk1.vmdk)= {sha1}\n");
+    let bytes = tar_of(&[
+        ovf_entry(),
+        (
+            raw_header(b"vm.mf", tar::EntryType::Regular, mf.len() as u64),
+            mf.as_bytes(),
+        ),
+        (raw_header(b"disk1.vmdk", tar::EntryType::Regular, 1), b"x"),
+    ]);
+    let (_, err) = read_all(&bytes).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity);
+    assert!(err.to_string().contains("vm.ovf"), "{err}");
+}
+
+#[tokio::test]
+async fn referenced_files_are_data_whatever_their_suffix() {
+    // A referenced file named like a certificate, an href with "./".
+    let ovf = OVF_ONE_DISK.replace("disk1.vmdk", "./nvram.cert");
+    let bytes = tar_of(&[
+        (
+            raw_header(b"vm.ovf", tar::EntryType::Regular, ovf.len() as u64),
+            ovf.as_bytes(),
+        ),
+        (
+            raw_header(b"nvram.cert", tar::EntryType::Regular, 3),
+            b"abc",
+        ),
+        (raw_header(b"vm.cert", tar::EntryType::Regular, 4), b"cert"),
+    ]);
+    let mut r = OvaReader::new(&bytes[..]);
+    let e = r.next_entry().await.unwrap().unwrap();
+    assert_eq!((e.name.as_str(), e.kind), ("nvram.cert", EntryKind::File));
+    let s = r.finish().await.unwrap();
+    assert_eq!(s.certificate.as_deref(), Some("vm.cert"));
+}
+
+#[tokio::test]
+async fn too_many_entries_are_refused() {
+    let mut entries = vec![ovf_entry()];
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        entries.push((
+            raw_header(n.as_bytes(), tar::EntryType::Regular, 0),
+            &b""[..],
+        ));
+    }
+    let bytes = tar_of(&entries);
+    let opts = ReadOptions::default().with_max_entries(10);
+    let err = OvaReader::with_options(&bytes[..], opts)
+        .finish()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 10 entries"), "{err}");
+}
+
+#[tokio::test]
+async fn writer_refuses_manifests_and_references_its_reader_would_reject() {
+    let opts = |m| WriteOptions::default().with_mtime(0).with_manifest(m);
+    // An upfront manifest that leaves a referenced file out.
+    let mut mf = Manifest::new();
+    mf.insert("disk-b.vmdk", Checksum::compute(Algorithm::Sha256, b"b"))
+        .unwrap();
+    let mut w = OvaWriter::new(Vec::new(), opts(ManifestMode::Upfront(mf)));
+    let err = w
+        .write_descriptor("vm.ovf", OVF_TWO_FILES.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not list"), "{err}");
+    assert_eq!(w.bytes_written(), 0, "nothing is written before the checks");
+    // A manifest with no algorithm.
+    let mut w = OvaWriter::new(Vec::new(), opts(ManifestMode::AtEnd(vec![])));
+    let err = w
+        .write_descriptor("vm.ovf", OVF_TWO_FILES.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least one algorithm"), "{err}");
+    // The same file referenced twice.
+    let twice = OVF_TWO_FILES.replace(LONG, "disk-b.vmdk");
+    let mut w = OvaWriter::new(Vec::new(), opts(ManifestMode::None));
+    let err = w
+        .write_descriptor("vm.ovf", twice.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+}
+
+#[tokio::test]
+async fn dotted_hrefs_and_parenthesised_names_round_trip() {
+    let name = "Ubuntu (64-bit)-disk001.vmdk";
+    let ovf = OVF_ONE_DISK.replace("disk1.vmdk", &format!("./{name}"));
+    let mut w = OvaWriter::new(Vec::new(), WriteOptions::default().with_mtime(0));
+    w.write_descriptor("vm.ovf", ovf.as_bytes()).await.unwrap();
+    w.append_bytes(name, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    let bytes = w.finish().await.unwrap();
+    let s = OvaReader::new(&bytes[..]).finish().await.unwrap();
+    assert!(s.manifest_verified);
+    assert_eq!(s.entries[1].name, name);
 }

@@ -67,7 +67,9 @@ impl HeaderDecoder {
         let first = self.blocks_seen == 0;
         self.blocks_seen += 1;
         if block.len() != BLOCK {
-            return Err(if first {
+            return Err(if first && block.is_empty() {
+                Error::invalid_data("archive", "not an OVA: the input is empty")
+            } else if first {
                 not_a_tar(block, format!("it is only {} bytes long", block.len()))
             } else {
                 truncated(offset, BLOCK as u64, block.len() as u64, "a tar header")

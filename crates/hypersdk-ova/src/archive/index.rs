@@ -11,6 +11,7 @@ use hypersdk_core::digest::{Algorithm, Digests, MultiHasher};
 use hypersdk_core::model::{Extent, ExtentList};
 use hypersdk_core::{Error, Result};
 
+use super::catalog::Catalog;
 use super::header::{BLOCK, Decoded, HeaderDecoder, MAX_EXTENSION, padding, truncated};
 use super::{EntryKind, EntrySummary, ReadOptions};
 use crate::mf::Manifest;
@@ -51,11 +52,9 @@ use crate::ovf::Envelope;
 pub struct OvaIndex {
     file: Arc<FileSource>,
     path: PathBuf,
-    entries: Vec<EntrySummary>,
+    catalog: Catalog,
     descriptor: Bytes,
     envelope: Envelope,
-    manifest: Option<(String, Manifest)>,
-    certificate: Option<(String, Bytes)>,
 }
 
 impl OvaIndex {
@@ -73,15 +72,12 @@ impl OvaIndex {
         let in_archive = |e: Error| rename_archive(e, &object());
 
         let mut decoder = HeaderDecoder::default();
-        let mut entries: Vec<EntrySummary> = Vec::new();
-        let mut descriptor = None;
-        let mut manifest = None;
-        let mut certificate = None;
+        let mut catalog = Catalog::new(options);
         let mut pos = 0u64;
         let mut header_offset = 0u64;
         loop {
             let block = read_upto(&file, pos, BLOCK as u64).await?;
-            if block.is_empty() && !entries.is_empty() {
+            if block.is_empty() && !catalog.entries.is_empty() {
                 return Err(Error::invalid_data(
                     object(),
                     format!(
@@ -120,88 +116,46 @@ impl OvaIndex {
                             &format!("entry '{name}'"),
                         )));
                     }
-                    if entries.is_empty() && !EntryKind::is_descriptor_name(&name) {
-                        return Err(Error::invalid_data(
-                            object(),
-                            format!(
-                                "not an OVA: the first entry is '{name}', but an OVA must \
-                                 begin with its .ovf descriptor (DSP0243)"
-                            ),
-                        ));
-                    }
-                    if entries.iter().any(|e| e.name == name) {
-                        return Err(Error::invalid_data(
-                            format!("entry '{name}' of {}", object()),
-                            format!("duplicate entry at offset {header_offset}"),
-                        ));
-                    }
-                    let kind = EntryKind::classify(&name, entries.is_empty());
-                    let limit = match kind {
-                        EntryKind::Descriptor => options.xml.max_bytes as u64,
-                        EntryKind::Manifest => crate::mf::MAX_MANIFEST_BYTES as u64,
-                        EntryKind::Certificate => 1 << 20,
-                        EntryKind::File => u64::MAX,
-                    };
-                    if size > limit {
-                        return Err(Error::invalid_data(
-                            format!("entry '{name}' of {}", object()),
-                            format!("{size} bytes, larger than the {limit}-byte limit"),
-                        ));
-                    }
-                    match kind {
-                        EntryKind::Descriptor => {
-                            let bytes = file.read_range(Extent::new(data_offset, size)).await?;
-                            let envelope = Envelope::parse_with(&bytes, &options.xml)
-                                .map_err(|e| super::reader::prefix_error(e, &name))?;
-                            descriptor = Some((bytes, envelope));
-                        }
-                        EntryKind::Manifest if manifest.is_none() => {
-                            let bytes = file.read_range(Extent::new(data_offset, size)).await?;
-                            manifest = Some((name.clone(), Manifest::parse_named(&name, &bytes)?));
-                        }
-                        EntryKind::Manifest => {
-                            return Err(Error::invalid_data(
-                                format!("entry '{name}' of {}", object()),
-                                "a second manifest",
-                            ));
-                        }
-                        EntryKind::Certificate => {
-                            let bytes = file.read_range(Extent::new(data_offset, size)).await?;
-                            certificate = Some((name.clone(), bytes));
-                        }
-                        EntryKind::File => {}
-                    }
-                    entries.push(EntrySummary {
-                        name,
+                    let kind = catalog
+                        .admit(&name, size, header_offset)
+                        .map_err(in_archive)?;
+                    catalog.push(EntrySummary::new(
+                        name.clone(),
                         kind,
                         size,
                         header_offset,
                         data_offset,
-                        digests: None,
-                        verified: false,
-                    });
+                    ));
+                    let small = || file.read_range(Extent::new(data_offset, size));
+                    match kind {
+                        EntryKind::Descriptor => catalog.set_descriptor(&name, small().await?)?,
+                        EntryKind::Manifest => catalog.set_manifest(&name, &small().await?)?,
+                        EntryKind::Certificate => catalog.set_certificate(&name, small().await?),
+                        EntryKind::File => {}
+                    }
                     pos = data_offset + size + padding(size);
                 }
             }
             header_offset = pos;
         }
-        let Some((descriptor, envelope)) = descriptor else {
+        catalog.check_complete().map_err(in_archive)?;
+        // Coverage only: the digests are checked on demand.
+        catalog.verify_known(false)?;
+        let (Some((_, descriptor)), Some(envelope)) =
+            (catalog.descriptor.clone(), catalog.envelope.clone())
+        else {
             return Err(Error::invalid_data(
                 object(),
                 "not an OVA: the archive holds no entries",
             ));
         };
-        let index = OvaIndex {
+        Ok(OvaIndex {
             file,
             path,
-            entries,
+            catalog,
             descriptor,
             envelope,
-            manifest,
-            certificate,
-        };
-        index.check_complete(options.allow_unlisted)?;
-        Ok(index)
+        })
     }
 
     /// The path of the archive.
@@ -211,12 +165,12 @@ impl OvaIndex {
 
     /// Every entry, in archive order, descriptor and manifest included.
     pub fn entries(&self) -> &[EntrySummary] {
-        &self.entries
+        &self.catalog.entries
     }
 
     /// The entry named `name`.
     pub fn entry(&self, name: &str) -> Option<&EntrySummary> {
-        self.entries.iter().find(|e| e.name == name)
+        self.catalog.entries.iter().find(|e| e.name == name)
     }
 
     /// The parsed descriptor.
@@ -231,13 +185,16 @@ impl OvaIndex {
 
     /// The manifest, if the archive has one.
     pub fn manifest(&self) -> Option<&Manifest> {
-        self.manifest.as_ref().map(|(_, m)| m)
+        self.catalog.manifest.as_ref().map(|(_, m)| m)
     }
 
     /// The certificate's name and bytes, if the archive has one (its
     /// signature is not checked).
     pub fn certificate(&self) -> Option<(&str, &Bytes)> {
-        self.certificate.as_ref().map(|(n, b)| (n.as_str(), b))
+        self.catalog
+            .certificate
+            .as_ref()
+            .map(|(n, b)| (n.as_str(), b))
     }
 
     /// The entry `name` as a [`BlockSource`].
@@ -309,55 +266,6 @@ impl OvaIndex {
             .buffered(parallel)
             .try_collect()
             .await
-    }
-
-    /// Every file the descriptor references and the manifest lists must be
-    /// in the archive, and (unless allowed) the manifest must list every
-    /// data entry.
-    fn check_complete(&self, allow_unlisted: bool) -> Result<()> {
-        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
-        for file in self.envelope.references() {
-            let present = names.contains(&file.href.as_str())
-                || (file.chunk_size.is_some()
-                    && names
-                        .iter()
-                        .any(|n| super::reader::is_chunk_of(n, &file.href)));
-            if !present {
-                return Err(Error::invalid_data(
-                    format!("file '{}'", file.href),
-                    format!(
-                        "the descriptor references it (ovf:id '{}'), but the archive has no \
-                         such entry (OVA '{}')",
-                        file.id,
-                        self.path.display()
-                    ),
-                ));
-            }
-        }
-        if let Some((mf_name, mf)) = &self.manifest {
-            if !allow_unlisted
-                && let Some(e) = self
-                    .entries
-                    .iter()
-                    .find(|e| e.kind == EntryKind::File && !mf.contains(&e.name))
-            {
-                return Err(Error::integrity(
-                    format!("entry '{}'", e.name),
-                    format!("a digest in the manifest '{mf_name}'"),
-                    "no digest: the manifest does not list this file",
-                ));
-            }
-            for listed in mf.names() {
-                if !names.contains(&listed) {
-                    return Err(Error::integrity(
-                        format!("file '{listed}'"),
-                        format!("an entry, as the manifest '{mf_name}' lists it"),
-                        "no such entry in the archive",
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 }
 

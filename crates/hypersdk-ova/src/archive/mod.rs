@@ -20,6 +20,7 @@
 //!
 //! [`Error`]: hypersdk_core::Error
 
+mod catalog;
 mod header;
 mod index;
 mod reader;
@@ -41,30 +42,17 @@ use crate::ovf::{Envelope, ParseOptions};
 pub enum EntryKind {
     /// The OVF descriptor (`*.ovf`, the first entry).
     Descriptor,
-    /// The `.mf` manifest.
+    /// The `.mf` manifest: an entry ending in `.mf` that the descriptor
+    /// does not reference.
     Manifest,
-    /// The `.cert` certificate.
+    /// The `.cert` certificate: an entry ending in `.cert` that the
+    /// descriptor does not reference.
     Certificate,
     /// Any other file: disks, ISO images, NVRAM, …
     File,
 }
 
 impl EntryKind {
-    /// Classifies the entry `name`; `first` says whether it is the first
-    /// entry of the archive (only the first `.ovf` is the descriptor).
-    pub fn classify(name: &str, first: bool) -> EntryKind {
-        let lower = name.to_ascii_lowercase();
-        if first && Self::is_descriptor_name(name) {
-            EntryKind::Descriptor
-        } else if !first && lower.ends_with(".mf") {
-            EntryKind::Manifest
-        } else if !first && lower.ends_with(".cert") {
-            EntryKind::Certificate
-        } else {
-            EntryKind::File
-        }
-    }
-
     /// Whether `name` is a descriptor's name (`*.ovf`, any case).
     pub fn is_descriptor_name(name: &str) -> bool {
         name.to_ascii_lowercase().ends_with(".ovf")
@@ -93,6 +81,27 @@ pub struct EntrySummary {
     pub verified: bool,
 }
 
+impl EntrySummary {
+    /// An entry just found, not yet hashed.
+    pub(crate) fn new(
+        name: String,
+        kind: EntryKind,
+        size: u64,
+        header_offset: u64,
+        data_offset: u64,
+    ) -> Self {
+        EntrySummary {
+            name,
+            kind,
+            size,
+            header_offset,
+            data_offset,
+            digests: None,
+            verified: false,
+        }
+    }
+}
+
 /// What [`OvaReader::finish`] found: the whole archive, checked.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -101,8 +110,8 @@ pub struct OvaSummary {
     pub descriptor: String,
     /// The manifest's entry name, if the archive has one.
     pub manifest: Option<String>,
-    /// Whether the archive has a manifest and every entry it lists was
-    /// present and matched.
+    /// Whether the archive has a manifest that lists the descriptor and
+    /// every data entry, all present and matching.
     pub manifest_verified: bool,
     /// The certificate's entry name, if the archive has one (its signature
     /// is not checked).
@@ -126,9 +135,14 @@ pub struct ReadOptions {
     /// the time of SHA-256 alone. A late manifest listing an algorithm not
     /// in this list is an error, never a silent pass.
     pub late_algorithms: Vec<Algorithm>,
-    /// Accept data entries the manifest does not list. Default: `false`; a
-    /// file not covered by the manifest is an integrity error.
+    /// Accept a descriptor or data entries the manifest does not list.
+    /// Default: `false`; a file not covered by the manifest is an integrity
+    /// error.
     pub allow_unlisted: bool,
+    /// The most entries an archive may have. Default: 10 000 (a VM package
+    /// has a handful); the limit bounds the memory and time a hostile
+    /// archive of empty entries can cost.
+    pub max_entries: usize,
 }
 
 impl Default for ReadOptions {
@@ -137,6 +151,7 @@ impl Default for ReadOptions {
             xml: ParseOptions::default(),
             late_algorithms: vec![Algorithm::Sha256, Algorithm::Sha1],
             allow_unlisted: false,
+            max_entries: 10_000,
         }
     }
 }
@@ -151,6 +166,12 @@ impl ReadOptions {
     /// Accepts (`true`) or rejects data entries the manifest does not list.
     pub fn with_allow_unlisted(mut self, allow: bool) -> Self {
         self.allow_unlisted = allow;
+        self
+    }
+
+    /// Sets the most entries an archive may have.
+    pub fn with_max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max;
         self
     }
 

@@ -5,10 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hypersdk_core::digest::{Algorithm, MultiHasher};
+use hypersdk_core::digest::MultiHasher;
 use hypersdk_core::{Error, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::catalog::Catalog;
 use super::header::{BLOCK, Decoded, HeaderDecoder, MAX_EXTENSION, padding, truncated};
 use super::{EntryKind, EntrySummary, OvaSummary, ReadOptions};
 use crate::mf::Manifest;
@@ -22,20 +23,27 @@ const READ_CHUNK: usize = 1 << 20;
 ///
 /// The descriptor must be the first entry (DSP0243); the reader reads and
 /// parses it, and the `.mf` manifest and `.cert` certificate wherever they
-/// are. Every other entry is handed to the caller by
+/// are (an entry the descriptor references is a data file whatever its
+/// name). Every other entry is handed to the caller by
 /// [`next_entry`](Self::next_entry), whose data is then read with
 /// [`read_chunk`](Self::read_chunk) or through [`entry_reader`](Self::entry_reader)
 /// (an [`AsyncRead`]); data the caller skips is still read and hashed.
 ///
 /// Digests are checked on the fly when the manifest precedes the data: the
-/// last read of an entry whose digest does not match returns an
-/// [`Error::Integrity`] naming the file and both digests, instead of the end
-/// of the data, so a caller streaming the entry elsewhere never sees a clean
-/// end. When the manifest follows the data, the digests are computed with
+/// read that would return an entry's last bytes returns an
+/// [`Error::Integrity`] naming the file and both digests instead, so a
+/// caller streaming the entry elsewhere never receives all of a bad file.
+/// When the manifest follows the data, the digests are computed with
 /// [`ReadOptions::late_algorithms`] and checked as soon as the manifest
-/// arrives. [`finish`](Self::finish) reads to the end of the archive and
-/// checks what can only be checked there: the end-of-archive marker, that
-/// every file the descriptor references and the manifest lists is present.
+/// arrives. The manifest must cover the descriptor and every data file
+/// (unless [`ReadOptions::allow_unlisted`]). [`finish`](Self::finish) reads
+/// to the end of the archive and checks what can only be checked there:
+/// that the archive ends with an end-of-archive block and that every file
+/// the descriptor references and the manifest lists is present.
+///
+/// After any error the reader is spent: every later call returns an error
+/// (the archive's framing cannot be trusted past a bad entry). The same
+/// holds when a call's future is dropped before it completed.
 ///
 /// ```no_run
 /// # async fn demo() -> hypersdk_core::Result<()> {
@@ -65,13 +73,15 @@ pub struct OvaReader<R> {
     /// Whether the input has reported its end.
     eof: bool,
     decoder: HeaderDecoder,
+    catalog: Catalog,
     current: Option<Current>,
+    /// Bytes of the current entry handed to [`EntryReader`] but not yet
+    /// read by its caller.
+    leftover: Bytes,
     ended: bool,
-    descriptor: Option<(String, Bytes)>,
-    envelope: Option<Envelope>,
-    manifest: Option<(String, Manifest)>,
-    certificate: Option<(String, Bytes)>,
-    entries: Vec<EntrySummary>,
+    /// Set by the first error, and while a call is in progress (so a call
+    /// whose future was dropped half-way leaves the reader spent).
+    failed: Option<String>,
 }
 
 /// The data entry being read.
@@ -82,7 +92,13 @@ struct Current {
     /// The manifest's digests were known when the entry began: check at its
     /// end.
     check_at_end: bool,
+    /// The entry's last chunk, held back until its digest checked out.
+    last: Option<Bytes>,
 }
+
+/// Entries up to this size are hashed on the reading thread: starting a
+/// hashing thread would cost more.
+const INLINE_HASH_BELOW: u64 = 1 << 20;
 
 impl<R: AsyncRead + Unpin> OvaReader<R> {
     /// A reader with default [`ReadOptions`].
@@ -94,45 +110,50 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
     pub fn with_options(inner: R, options: ReadOptions) -> Self {
         OvaReader {
             inner,
+            catalog: Catalog::new(&options),
             options,
             buf: BytesMut::new(),
             pos: 0,
             eof: false,
             decoder: HeaderDecoder::default(),
             current: None,
+            leftover: Bytes::new(),
             ended: false,
-            descriptor: None,
-            envelope: None,
-            manifest: None,
-            certificate: None,
-            entries: Vec::new(),
+            failed: None,
         }
     }
 
     /// The parsed descriptor, once the first entry has been read.
     pub fn envelope(&self) -> Option<&Envelope> {
-        self.envelope.as_ref()
+        self.catalog.envelope.as_ref()
     }
 
     /// The descriptor's entry name and raw bytes, once read.
     pub fn descriptor(&self) -> Option<(&str, &Bytes)> {
-        self.descriptor.as_ref().map(|(n, b)| (n.as_str(), b))
+        self.catalog
+            .descriptor
+            .as_ref()
+            .map(|(n, b)| (n.as_str(), b))
     }
 
     /// The manifest, once read.
     pub fn manifest(&self) -> Option<&Manifest> {
-        self.manifest.as_ref().map(|(_, m)| m)
+        self.catalog.manifest.as_ref().map(|(_, m)| m)
     }
 
     /// The certificate's entry name and raw bytes, once read. Its signature
     /// is not checked.
     pub fn certificate(&self) -> Option<(&str, &Bytes)> {
-        self.certificate.as_ref().map(|(n, b)| (n.as_str(), b))
+        self.catalog
+            .certificate
+            .as_ref()
+            .map(|(n, b)| (n.as_str(), b))
     }
 
-    /// The entries seen so far, descriptor and manifest included.
+    /// The entries seen so far, descriptor and manifest included, with the
+    /// digests of those read to their end.
     pub fn entries(&self) -> &[EntrySummary] {
-        &self.entries
+        &self.catalog.entries
     }
 
     /// Advances to the next data entry (not the descriptor, manifest or
@@ -141,7 +162,74 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
     ///
     /// The rest of the current entry, if any, is read and hashed first.
     pub async fn next_entry(&mut self) -> Result<Option<EntrySummary>> {
-        self.skip_current().await?;
+        self.begin()?;
+        let r = self.next_entry_inner().await;
+        self.end(r)
+    }
+
+    /// The next chunk of the current entry's data, hashed; `None` at its
+    /// end. The chunk holding an entry's last bytes is returned only after
+    /// the entry's digest checked out (when the manifest was known).
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>> {
+        if !self.leftover.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.leftover)));
+        }
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// The current entry's data as an [`AsyncRead`]. A digest mismatch is
+    /// an [`io::Error`] of kind `InvalidData` wrapping the [`Error`].
+    /// Dropping the reader part-way loses nothing: the rest is still
+    /// available to [`read_chunk`](Self::read_chunk) or another
+    /// `entry_reader`.
+    pub fn entry_reader(&mut self) -> EntryReader<'_, R> {
+        EntryReader { ova: self }
+    }
+
+    /// Reads the rest of the archive, checks every digest, the end of the
+    /// archive and that every file the descriptor references and the
+    /// manifest lists is present, and describes the archive.
+    pub async fn finish(mut self) -> Result<OvaSummary> {
+        while self.next_entry().await?.is_some() {}
+        self.catalog.check_complete()?;
+        let manifest_verified = self.catalog.manifest_verified();
+        let catalog = self.catalog;
+        Ok(OvaSummary {
+            descriptor: catalog.descriptor.map(|(n, _)| n).unwrap_or_default(),
+            manifest: catalog.manifest.map(|(n, _)| n),
+            manifest_verified,
+            certificate: catalog.certificate.map(|(n, _)| n),
+            entries: catalog.entries,
+            envelope: catalog.envelope,
+        })
+    }
+
+    /// Refuses to go on after an error, and marks a call in progress.
+    fn begin(&mut self) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::invalid_input(format!(
+                "the OVA reader cannot go on: {why}"
+            )));
+        }
+        self.failed = Some("an earlier call was cancelled part-way".into());
+        Ok(())
+    }
+
+    /// Ends a call: clears the in-progress mark, or keeps the error.
+    fn end<T>(&mut self, r: Result<T>) -> Result<T> {
+        self.failed = match &r {
+            Ok(_) => None,
+            Err(e) => Some(format!("it failed earlier: {e}")),
+        };
+        r
+    }
+
+    async fn next_entry_inner(&mut self) -> Result<Option<EntrySummary>> {
+        // The rest of the current entry, hashed and checked.
+        self.leftover = Bytes::new();
+        while self.current.is_some() {
+            std::future::poll_fn(|cx| self.poll_chunk_inner(cx)).await?;
+        }
         loop {
             if self.ended {
                 return Ok(None);
@@ -151,157 +239,53 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
                 return Ok(None);
             };
             let data_offset = self.pos;
-            if self.entries.is_empty() && !EntryKind::is_descriptor_name(&name) {
-                return Err(no_descriptor_first(&name));
-            }
-            let kind = EntryKind::classify(&name, self.entries.is_empty());
-            if self.entries.iter().any(|e| e.name == name) {
-                return Err(Error::invalid_data(
-                    format!("entry '{name}'"),
-                    format!(
-                        "duplicate entry at offset {header_offset}: the archive has two files of this name"
-                    ),
-                ));
-            }
-            let mut summary = EntrySummary {
-                name: name.clone(),
-                kind,
-                size,
-                header_offset,
-                data_offset,
-                digests: None,
-                verified: false,
-            };
+            let kind = self.catalog.admit(&name, size, header_offset)?;
+            let summary = EntrySummary::new(name.clone(), kind, size, header_offset, data_offset);
             match kind {
                 EntryKind::Descriptor => {
-                    let bytes = self
-                        .read_small(&name, size, self.options.xml.max_bytes as u64)
-                        .await?;
-                    let envelope = Envelope::parse_with(&bytes, &self.options.xml)
-                        .map_err(|e| prefix_error(e, &name))?;
-                    self.entries.push(summary);
-                    self.envelope = Some(envelope);
-                    self.descriptor = Some((name, bytes));
-                    self.verify_late()?;
+                    let bytes = self.read_small(&name, size).await?;
+                    self.catalog.push(summary);
+                    self.catalog.set_descriptor(&name, bytes)?;
                 }
                 EntryKind::Manifest => {
-                    if let Some((first, _)) = &self.manifest {
-                        return Err(Error::invalid_data(
-                            format!("entry '{name}'"),
-                            format!("a second manifest; '{first}' came first"),
-                        ));
-                    }
-                    let bytes = self
-                        .read_small(&name, size, crate::mf::MAX_MANIFEST_BYTES as u64)
-                        .await?;
-                    let manifest = Manifest::parse_named(&name, &bytes)?;
-                    self.entries.push(summary);
-                    self.manifest = Some((name, manifest));
-                    self.verify_late()?;
+                    let bytes = self.read_small(&name, size).await?;
+                    self.catalog.push(summary);
+                    self.catalog.set_manifest(&name, &bytes)?;
+                    self.catalog.verify_known(true)?;
                 }
                 EntryKind::Certificate => {
-                    let bytes = self.read_small(&name, size, 1 << 20).await?;
-                    self.entries.push(summary);
-                    self.certificate = Some((name, bytes));
+                    let bytes = self.read_small(&name, size).await?;
+                    self.catalog.push(summary);
+                    self.catalog.set_certificate(&name, bytes);
                 }
                 EntryKind::File => {
-                    let (algorithms, check_at_end) = match &self.manifest {
-                        Some((mf_name, mf)) => {
-                            if !mf.contains(&name) && !self.options.allow_unlisted {
-                                return Err(unlisted(&name, mf_name));
-                            }
-                            (
-                                mf.checksums_of(&name).map(|c| c.algorithm()).collect(),
-                                true,
-                            )
-                        }
+                    let (algorithms, check_at_end) = match self.catalog.listed_algorithms(&name)? {
+                        Some(algs) => (algs, true),
                         None => (self.options.late_algorithms.clone(), false),
                     };
-                    let hasher = (!algorithms.is_empty()).then(|| hasher_for(&algorithms));
-                    summary.digests = None;
+                    let hasher = (!algorithms.is_empty()).then(|| {
+                        if size < INLINE_HASH_BELOW {
+                            MultiHasher::inline(&algorithms)
+                        } else if algorithms.len() == 1 {
+                            // Hashing on its own thread overlaps with reading.
+                            MultiHasher::offloaded(&algorithms)
+                        } else {
+                            MultiHasher::new(&algorithms)
+                        }
+                    });
                     let out = summary.clone();
-                    self.entries.push(summary);
+                    self.catalog.push(summary);
                     self.current = Some(Current {
-                        index: self.entries.len() - 1,
+                        index: self.catalog.entries.len() - 1,
                         remaining: size,
                         hasher,
                         check_at_end,
+                        last: None,
                     });
                     return Ok(Some(out));
                 }
             }
         }
-    }
-
-    /// The next chunk of the current entry's data, hashed; `None` at its
-    /// end (after its digest checked out, when the manifest was known).
-    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>> {
-        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
-    }
-
-    /// The current entry's data as an [`AsyncRead`]. A digest mismatch is
-    /// an [`io::Error`] of kind `InvalidData` wrapping the [`Error`].
-    pub fn entry_reader(&mut self) -> EntryReader<'_, R> {
-        EntryReader {
-            ova: self,
-            leftover: Bytes::new(),
-        }
-    }
-
-    /// Reads the rest of the archive, checks every digest, the end marker
-    /// and that every file the descriptor references and the manifest lists
-    /// is present, and describes the archive.
-    pub async fn finish(mut self) -> Result<OvaSummary> {
-        while self.next_entry().await?.is_some() {}
-        let Some((descriptor_name, _)) = &self.descriptor else {
-            return Err(Error::invalid_data(
-                "archive",
-                "not an OVA: the archive holds no entries",
-            ));
-        };
-        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
-        if let Some(envelope) = &self.envelope {
-            for file in envelope.references() {
-                let present = names.contains(&file.href.as_str())
-                    || (file.chunk_size.is_some()
-                        && names.iter().any(|n| is_chunk_of(n, &file.href)));
-                if !present {
-                    return Err(Error::invalid_data(
-                        format!("file '{}'", file.href),
-                        format!(
-                            "the descriptor '{descriptor_name}' references it (ovf:id '{}'), \
-                             but the archive has no such entry",
-                            file.id
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut manifest_verified = false;
-        if let Some((mf_name, mf)) = &self.manifest {
-            for listed in mf.names() {
-                if !names.contains(&listed) {
-                    return Err(Error::integrity(
-                        format!("file '{listed}'"),
-                        format!("an entry, as the manifest '{mf_name}' lists it"),
-                        "no such entry in the archive",
-                    ));
-                }
-            }
-            manifest_verified = self
-                .entries
-                .iter()
-                .filter(|e| mf.contains(&e.name))
-                .all(|e| e.verified);
-        }
-        Ok(OvaSummary {
-            descriptor: descriptor_name.clone(),
-            manifest: self.manifest.map(|(n, _)| n),
-            manifest_verified,
-            certificate: self.certificate.map(|(n, _)| n),
-            entries: self.entries,
-            envelope: self.envelope,
-        })
     }
 
     /// Reads the next header (and any extensions before it); `None` at the
@@ -312,7 +296,7 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
             let offset = self.pos;
             let block = self.take_exact(BLOCK).await?;
             if block.len() < BLOCK {
-                if block.is_empty() && !self.entries.is_empty() {
+                if block.is_empty() && !self.catalog.entries.is_empty() {
                     return Err(Error::invalid_data(
                         "archive",
                         format!(
@@ -364,16 +348,12 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
     }
 
     /// Reads a whole small entry (descriptor, manifest, certificate) into
-    /// memory, refusing one larger than `limit`.
-    async fn read_small(&mut self, name: &str, size: u64, limit: u64) -> Result<Bytes> {
-        if size > limit {
-            return Err(Error::invalid_data(
-                format!("entry '{name}'"),
-                format!("{size} bytes, larger than the {limit}-byte limit for this kind of entry"),
-            ));
-        }
+    /// memory; its size was checked against its kind's limit on admission.
+    async fn read_small(&mut self, name: &str, size: u64) -> Result<Bytes> {
         let at = self.pos;
-        let data = self.take_exact(size as usize).await?;
+        let want = usize::try_from(size)
+            .map_err(|_| Error::invalid_data(format!("entry '{name}'"), "too large"))?;
+        let data = self.take_exact(want).await?;
         if (data.len() as u64) < size {
             return Err(truncated(
                 at,
@@ -386,75 +366,24 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
         Ok(data)
     }
 
-    /// Checks the digests of entries read before the manifest, once both
-    /// the manifest and the descriptor are known.
-    fn verify_late(&mut self) -> Result<()> {
-        let Some((mf_name, mf)) = &self.manifest else {
-            return Ok(());
-        };
-        for entry in &mut self.entries {
-            if entry.kind == EntryKind::File
-                && !mf.contains(&entry.name)
-                && !self.options.allow_unlisted
-            {
-                return Err(unlisted(&entry.name, mf_name));
-            }
-            if entry.verified || !mf.contains(&entry.name) {
-                continue;
-            }
-            match entry.kind {
-                EntryKind::Descriptor => {
-                    if let Some((_, bytes)) = &self.descriptor {
-                        let algorithms: Vec<Algorithm> = mf
-                            .checksums_of(&entry.name)
-                            .map(|c| c.algorithm())
-                            .collect();
-                        let mut h = MultiHasher::new(&algorithms);
-                        h.update(bytes.clone());
-                        let digests = h.finish()?;
-                        mf.verify(&entry.name, &digests)?;
-                        entry.digests = Some(digests);
-                        entry.verified = true;
-                    }
-                }
-                EntryKind::File => {
-                    // Called between entries: every file entry seen is
-                    // complete, with digests unless none were asked for.
-                    for expected in mf.checksums_of(&entry.name) {
-                        let computed = entry
-                            .digests
-                            .as_ref()
-                            .is_some_and(|d| d.get(expected.algorithm()).is_some());
-                        if !computed {
-                            return Err(Error::invalid_input(format!(
-                                "cannot check '{}': the manifest follows the data and \
-                                 lists {}, which was not computed; add it to \
-                                 ReadOptions::late_algorithms",
-                                entry.name,
-                                crate::mf::algorithm_tag(expected.algorithm())
-                            )));
-                        }
-                    }
-                    if let Some(digests) = &entry.digests {
-                        mf.verify(&entry.name, digests)?;
-                        entry.verified = true;
-                    }
-                }
-                EntryKind::Manifest | EntryKind::Certificate => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads and hashes what is left of the current entry.
-    async fn skip_current(&mut self) -> Result<()> {
-        while self.current.is_some() {
-            self.read_chunk().await?;
-        }
-        Ok(())
-    }
-
+    /// [`poll_chunk_inner`](Self::poll_chunk_inner) with the reader's
+    /// failure rules.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
+        if let Err(e) = self.begin() {
+            return Poll::Ready(Err(e));
+        }
+        let r = match self.poll_chunk_inner(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                // Nothing is lost while pending: the state is consistent.
+                self.failed = None;
+                return Poll::Pending;
+            }
+        };
+        Poll::Ready(self.end(r))
+    }
+
+    fn poll_chunk_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
         let Some((index, remaining)) = self.current.as_ref().map(|c| (c.index, c.remaining)) else {
             return Poll::Ready(Ok(None));
         };
@@ -462,7 +391,7 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
             if self.buf.is_empty() {
                 ready!(self.poll_fill(cx))?;
                 if self.buf.is_empty() {
-                    let entry = &self.entries[index];
+                    let entry = &self.catalog.entries[index];
                     return Poll::Ready(Err(truncated(
                         entry.data_offset,
                         entry.size,
@@ -481,11 +410,14 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
             }
             cur.remaining -= n as u64;
             self.pos += n as u64;
-            return Poll::Ready(Ok(Some(chunk)));
+            if cur.remaining > 0 {
+                return Poll::Ready(Ok(Some(chunk)));
+            }
+            // The last chunk waits for the padding and the digest check.
+            cur.last = Some(chunk);
         }
-        // The data is complete: consume the padding, then check.
-        let size = self.entries[index].size;
-        let pad_end = self.entries[index].data_offset + size + padding(size);
+        let entry = &self.catalog.entries[index];
+        let pad_end = entry.data_offset + entry.size + padding(entry.size);
         while self.pos < pad_end {
             if self.buf.is_empty() {
                 ready!(self.poll_fill(cx))?;
@@ -509,15 +441,15 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
             Some(h) => Some(h.finish()?),
             None => None,
         };
-        let entry = &mut self.entries[index];
+        let entry = &mut self.catalog.entries[index];
         entry.digests = digests;
         if cur.check_at_end
-            && let (Some((_, mf)), Some(d)) = (&self.manifest, &entry.digests)
+            && let (Some((_, mf)), Some(d)) = (&self.catalog.manifest, &entry.digests)
         {
             mf.verify(&entry.name, d)?;
             entry.verified = true;
         }
-        Poll::Ready(Ok(None))
+        Poll::Ready(Ok(cur.last))
     }
 
     /// Reads more input into `buf`; leaves it empty at the end of input.
@@ -540,7 +472,8 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
         }
     }
 
-    /// Takes exactly `n` bytes, or fewer at the end of input.
+    /// Takes exactly `n` bytes, or fewer at the end of input. `n` is at
+    /// most a header, an extension or a small entry (bounded by the limits).
     async fn take_exact(&mut self, n: usize) -> Result<Bytes> {
         while self.buf.len() < n && !self.eof {
             std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
@@ -564,7 +497,6 @@ impl<R: AsyncRead + Unpin> OvaReader<R> {
 /// [`AsyncRead`].
 pub struct EntryReader<'a, R> {
     ova: &'a mut OvaReader<R>,
-    leftover: Bytes,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for EntryReader<'_, R> {
@@ -573,16 +505,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for EntryReader<'_, R> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.leftover.is_empty() {
-            match ready!(this.ova.poll_chunk(cx)) {
-                Ok(Some(chunk)) => this.leftover = chunk,
+        let ova = &mut self.get_mut().ova;
+        if ova.leftover.is_empty() {
+            match ready!(ova.poll_chunk(cx)) {
+                Ok(Some(chunk)) => ova.leftover = chunk,
                 Ok(None) => return Poll::Ready(Ok(())),
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
-        let n = this.leftover.len().min(out.remaining());
-        out.put_slice(&this.leftover.split_to(n));
+        let n = ova.leftover.len().min(out.remaining());
+        out.put_slice(&ova.leftover.split_to(n));
         Poll::Ready(Ok(()))
     }
 }
@@ -599,44 +531,6 @@ pub(crate) fn from_io(e: io::Error) -> Error {
         return Error::other("archive input failed");
     }
     Error::io("archive input", e)
-}
-
-/// A data entry the manifest does not cover.
-fn unlisted(name: &str, manifest: &str) -> Error {
-    Error::integrity(
-        format!("entry '{name}'"),
-        format!("a digest in the manifest '{manifest}'"),
-        "no digest: the manifest does not list this file",
-    )
-}
-
-fn no_descriptor_first(name: &str) -> Error {
-    Error::invalid_data(
-        "archive",
-        format!(
-            "not an OVA: the first entry is '{name}', but an OVA must begin with its \
-             .ovf descriptor (DSP0243)"
-        ),
-    )
-}
-
-/// Whether `entry` is one chunk (`href.000000000`, …) of a chunked file.
-pub(super) fn is_chunk_of(entry: &str, href: &str) -> bool {
-    entry
-        .strip_prefix(href)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .is_some_and(|n| n.len() == 9 && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// One hasher per entry: with a single algorithm it hashes on a thread of
-/// its own, overlapping with reading; with several, the cheapest stays on
-/// the caller's thread (see [`MultiHasher`]).
-fn hasher_for(algorithms: &[Algorithm]) -> MultiHasher {
-    if algorithms.len() == 1 {
-        MultiHasher::offloaded(algorithms)
-    } else {
-        MultiHasher::new(algorithms)
-    }
 }
 
 /// Prefixes a descriptor parse error with the entry name.

@@ -188,27 +188,69 @@ impl<W: AsyncWrite + Unpin> OvaWriter<W> {
             )));
         }
         let envelope = Envelope::parse(xml).map_err(|e| super::reader::prefix_error(e, name))?;
-        self.references = envelope
-            .references()
-            .iter()
-            .map(|f| f.href.clone())
-            .collect();
-        for href in &self.references {
-            validate_name(href).map_err(|e| {
-                Error::invalid_input(format!("the descriptor references '{href}': {e}"))
-            })?;
-        }
-        if let Some(f) = envelope
-            .references()
-            .iter()
-            .find(|f| f.chunk_size.is_some())
-        {
-            return Err(Error::unsupported(
-                format!("writing chunked file '{}' (ovf:chunkSize)", f.href),
-                "OvaWriter",
-            ));
-        }
         let name = validate_name(name)?;
+        let mf_name = manifest_name(&name);
+        let mut references: Vec<String> = Vec::new();
+        for f in envelope.references() {
+            if f.href.contains("://") {
+                // A URL names a file outside the package.
+                continue;
+            }
+            if f.chunk_size.is_some() {
+                return Err(Error::unsupported(
+                    format!("writing chunked file '{}' (ovf:chunkSize)", f.href),
+                    "OvaWriter",
+                ));
+            }
+            let href = validate_name(&f.href).map_err(|e| {
+                Error::invalid_input(format!("the descriptor references '{}': {e}", f.href))
+            })?;
+            if references.contains(&href) || href == name {
+                return Err(Error::invalid_input(format!(
+                    "the descriptor references '{href}' twice (or as itself)"
+                )));
+            }
+            if href == mf_name && self.options.manifest != ManifestMode::None {
+                return Err(Error::invalid_input(format!(
+                    "the descriptor references '{href}', the name of the manifest this \
+                     writer adds"
+                )));
+            }
+            references.push(href);
+        }
+        match &self.options.manifest {
+            ManifestMode::AtEnd(algorithms) if algorithms.is_empty() => {
+                return Err(Error::invalid_input(
+                    "ManifestMode::AtEnd needs at least one algorithm (or use ManifestMode::None)",
+                ));
+            }
+            ManifestMode::Upfront(mf) => {
+                for listed in mf.names() {
+                    if listed != name && !references.iter().any(|r| r == listed) {
+                        return Err(Error::invalid_input(format!(
+                            "the manifest given up front lists '{listed}', which the \
+                             descriptor does not reference"
+                        )));
+                    }
+                }
+                if let Some(missing) = references.iter().find(|r| !mf.contains(r)) {
+                    return Err(Error::invalid_input(format!(
+                        "the manifest given up front does not list '{missing}', which the \
+                         descriptor references: every file of the package must be listed"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        // Every name must fit in a manifest line.
+        if self.options.manifest != ManifestMode::None {
+            for n in references.iter().chain([&name]) {
+                crate::mf::check_entry_name(n).map_err(|e| {
+                    Error::invalid_input(format!("'{n}' cannot be listed in a manifest: {e}"))
+                })?;
+            }
+        }
+        self.references = references;
         let data = Bytes::copy_from_slice(xml);
         self.descriptor = Some(name.clone());
         self.write_entry(
@@ -219,16 +261,7 @@ impl<W: AsyncWrite + Unpin> OvaWriter<W> {
         .await?;
         if let ManifestMode::Upfront(mf) = &self.options.manifest {
             let mf = mf.clone();
-            for listed in mf.names() {
-                if listed != name && !self.references.iter().any(|r| r == listed) {
-                    return self.fail(Error::invalid_input(format!(
-                        "the manifest given up front lists '{listed}', which the descriptor \
-                         does not reference"
-                    )));
-                }
-            }
             let text = Bytes::from(self.computed_with_upfront(&mf, &name).to_string());
-            let mf_name = manifest_name(&name);
             self.write_entry(
                 &mf_name,
                 Some(text.len() as u64),
@@ -341,7 +374,10 @@ impl<W: AsyncWrite + Unpin> OvaWriter<W> {
             // Sync through a fresh handle: `W` is not known to be a file.
             let sync = tokio::task::spawn_blocking(move || -> io::Result<()> {
                 std::fs::File::open(&from)?.sync_all()?;
-                std::fs::rename(&from, &target)?;
+                // A link fails if `target` appeared meanwhile: never
+                // replace a file we did not write.
+                std::fs::hard_link(&from, &target)?;
+                std::fs::remove_file(&from)?;
                 if let Some(dir) = target.parent() {
                     let dir = if dir.as_os_str().is_empty() {
                         Path::new(".")
@@ -488,7 +524,9 @@ impl<W: AsyncWrite + Unpin> OvaWriter<W> {
                 {
                     return self.fail(e);
                 }
-                let _ = self.computed.insert(name.to_string(), actual);
+                if let Err(e) = self.computed.insert(name.to_string(), actual) {
+                    return self.fail(e);
+                }
             }
         }
         Ok(())
@@ -567,7 +605,18 @@ impl OvaWriter<tokio::io::BufWriter<tokio::fs::File>> {
             .create_new(true)
             .open(&part)
             .await
-            .map_err(|e| Error::io(format!("OVA '{}'", part.display()), e))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::already_exists(format!(
+                        "'{}', an unfinished write of OVA '{}' (another writer, or a \
+                         crashed one: remove it if none is running)",
+                        part.display(),
+                        target.display()
+                    ))
+                } else {
+                    Error::io(format!("OVA '{}'", part.display()), e)
+                }
+            })?;
         let guard = PartFile {
             part,
             target,
