@@ -52,3 +52,4 @@ pub mod archive;
 pub mod dir;
 pub mod mf;
 pub mod ovf;
+pub mod vmdk;

@@ -11,6 +11,12 @@
 //!   simulator plus ExportVm, CreateDescriptor, paging, NFC upload capture,
 //!   fault injection and a control API) on a loopback port, one process per
 //!   test, stopped on drop.
+//! - [`images`]: deterministic raw test images written as sparse files
+//!   (random, zeros, mixed data/text/holes, unaligned length, > 4 GiB
+//!   virtual) with their allocated extents and a hole-aware sha256.
+//! - [`qemu`]: `qemu-img` (`convert`, `compare`, `check`, `info`) as the
+//!   reference in cross-check tests; missing qemu-img is an error naming
+//!   `apt-get install -y qemu-utils`, never a skip.
 //!
 //! The OVM exporter test server arrives here with the issue that needs it.
 #![forbid(unsafe_code)]
@@ -18,4 +24,6 @@
 pub mod conformance;
 pub mod fault_proxy;
 pub mod http_server;
+pub mod images;
+pub mod qemu;
 pub mod vcsim;
