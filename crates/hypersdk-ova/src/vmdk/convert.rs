@@ -32,6 +32,8 @@
 //! header.descriptor_offset = 0;
 //! header.overhead = 1;
 //! let mut vmdk = header.to_bytes().to_vec();
+//! vmdk.extend_from_slice(&Marker::metadata_sector(MarkerType::Footer, 1));
+//! vmdk.extend_from_slice(&header.to_bytes());
 //! vmdk.extend_from_slice(&Marker::metadata_sector(MarkerType::EndOfStream, 0));
 //!
 //! let dir = tempfile::tempdir().unwrap();
@@ -45,16 +47,19 @@
 //! # }).unwrap();
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use hypersdk_core::blocks::{
-    BlockSink, BlockSource, CopyOptions, SparseFile, copy_to_file, is_all_zero,
+    BlockSink, BlockSource, CopyOptions, SparseFile, copy_extents, copy_to_file, is_all_zero,
 };
 use hypersdk_core::digest::{Algorithm, Digests, MultiHasher};
 use hypersdk_core::model::Extent;
+use hypersdk_core::model::ExtentList;
 use hypersdk_core::{Error, Result};
 use tokio::io::AsyncRead;
 
@@ -121,16 +126,39 @@ pub struct RawReport {
 /// gathered up to this size.
 const WRITE_BATCH: usize = 1 << 20;
 
-/// Grains queued between decoding and writing.
+/// The most grains queued between decoding and writing (and between
+/// writing and hashing).
 const QUEUE: usize = 32;
 
+/// The most decompressed bytes each of those queues holds: with large
+/// grains the queues get shorter (at least one grain).
+const QUEUE_BYTES: u64 = 16 << 20;
+
+/// Holes are handed to the hashing thread in pieces of at most this many
+/// bytes, so that a cancelled conversion stops hashing soon.
+const ZERO_CHUNK: u64 = 64 << 20;
+
+/// Sets a flag when dropped: tells the hashing thread to stop when the
+/// conversion's future is dropped or fails.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Writes the grains of `decoder` into `sink` (at least the decoder's
-/// capacity long, starting zeroed), skipping all-zero grains, and returns
-/// the digests of the raw image.
+/// capacity long), skipping all-zero grains, and returns the digests of
+/// the raw image. A sink that does not start zeroed
+/// ([`BlockSink::starts_zeroed`]) gets holes punched where the image has
+/// no data, so it reads back as the raw image too.
 ///
-/// Decoding, hashing (on a thread of its own) and writing overlap. On an
-/// error, what was written stays in the sink: the caller aborts it (as
-/// [`vmdk_to_raw`] does).
+/// Decoding, hashing (on a thread of its own) and writing overlap; the
+/// queues between them hold at most a few tens of MiB whatever the grain
+/// size. On an error, what was written stays in the sink: the caller
+/// aborts it (as [`vmdk_to_raw`] does). Dropping the future stops the
+/// hashing thread within one 1 MiB step.
 pub async fn write_grains<R: AsyncRead + Unpin>(
     mut decoder: StreamDecoder<R>,
     sink: &dyn BlockSink,
@@ -144,7 +172,9 @@ pub async fn write_grains<R: AsyncRead + Unpin>(
             sink.len()
         )));
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Grain>(QUEUE);
+    let queue = (QUEUE_BYTES / decoder.grain_bytes().max(1)).clamp(1, QUEUE as u64) as usize;
+    let zeroed = sink.starts_zeroed();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Grain>(queue);
     let produce = async move {
         while let Some(g) = decoder.next_grain().await? {
             if tx.send(g).await.is_err() {
@@ -156,15 +186,20 @@ pub async fn write_grains<R: AsyncRead + Unpin>(
     };
     // Hashing runs on a blocking thread fed through a bounded channel, so
     // a slow hash waits asynchronously and never stalls decoding.
-    let (htx, mut hrx) = tokio::sync::mpsc::channel::<HashInput>(QUEUE);
+    let (htx, mut hrx) = tokio::sync::mpsc::channel::<HashInput>(queue);
     let algorithms = algorithms.to_vec();
     let hashing = !algorithms.is_empty();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
     let hasher = tokio::task::spawn_blocking(move || {
         let mut hasher = MultiHasher::new(&algorithms);
         while let Some(input) = hrx.blocking_recv() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::other("hashing cancelled"));
+            }
             match input {
                 HashInput::Data(b) => hasher.update(b),
-                HashInput::Zeros(n) => hash_zeros(&mut hasher, n),
+                HashInput::Zeros(n) => hash_zeros(&mut hasher, n, &cancel)?,
             }
         }
         hasher.finish()
@@ -173,11 +208,33 @@ pub async fn write_grains<R: AsyncRead + Unpin>(
         let hash = |input: HashInput| {
             let htx = &htx;
             async move {
-                if hashing && htx.send(input).await.is_err() {
-                    return Err(Error::other("the hashing thread stopped"));
+                if !hashing {
+                    return Ok(());
+                }
+                let send = async |p: HashInput| {
+                    htx.send(p)
+                        .await
+                        .map_err(|_| Error::other("the hashing thread stopped"))
+                };
+                match input {
+                    HashInput::Zeros(mut n) => {
+                        while n > 0 {
+                            let k = n.min(ZERO_CHUNK);
+                            send(HashInput::Zeros(k)).await?;
+                            n -= k;
+                        }
+                    }
+                    data => send(data).await?,
                 }
                 Ok(())
             }
+        };
+        // Holes in a sink that does not start zeroed are punched.
+        let clear = |from: u64, to: u64| async move {
+            if !zeroed && to > from {
+                sink.punch_hole(Extent::new(from, to - from)).await?;
+            }
+            Ok::<_, Error>(())
         };
         let mut hashed = 0u64;
         let mut data_bytes = 0u64;
@@ -188,10 +245,12 @@ pub async fn write_grains<R: AsyncRead + Unpin>(
             grains += 1;
             if g.offset > hashed {
                 hash(HashInput::Zeros(g.offset - hashed)).await?;
+                clear(hashed, g.offset).await?;
             }
             hash(HashInput::Data(g.data.clone())).await?;
             hashed = g.end();
             if is_all_zero(&g.data) {
+                clear(g.offset, g.end()).await?;
                 continue;
             }
             data_bytes += g.data.len() as u64;
@@ -211,6 +270,7 @@ pub async fn write_grains<R: AsyncRead + Unpin>(
         }
         if capacity > hashed {
             hash(HashInput::Zeros(capacity - hashed)).await?;
+            clear(hashed, capacity).await?;
         }
         Ok::<_, Error>((data_bytes, grains))
     };
@@ -234,14 +294,19 @@ enum HashInput {
     Zeros(u64),
 }
 
-/// Feeds `len` zero bytes from a static buffer.
-fn hash_zeros(hasher: &mut MultiHasher, mut len: u64) {
+/// Feeds `len` zero bytes from a static buffer, stopping if `cancel` is
+/// set.
+fn hash_zeros(hasher: &mut MultiHasher, mut len: u64, cancel: &AtomicBool) -> Result<()> {
     static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
     while len > 0 {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::other("hashing cancelled"));
+        }
         let n = len.min(ZEROS.len() as u64) as usize;
         hasher.update(Bytes::from_static(&ZEROS[..n]));
         len -= n as u64;
     }
+    Ok(())
 }
 
 /// Decodes the streamOptimized VMDK read from `reader` into a sparse raw
@@ -380,6 +445,14 @@ fn is_stream_header(head: &[u8]) -> bool {
         && SparseHeader::parse("", head).is_ok_and(|h| h.has_markers() && h.is_compressed())
 }
 
+/// Whether `head` is the header of a hosted sparse extent (the magic,
+/// without markers or without compression).
+fn is_hosted_sparse_header(head: &[u8]) -> bool {
+    head.len() >= SECTOR as usize
+        && u32::from_le_bytes([head[0], head[1], head[2], head[3]]) == MAGIC
+        && SparseHeader::parse("", head).is_ok_and(|h| !(h.has_markers() && h.is_compressed()))
+}
+
 async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     let mut n = 0;
@@ -406,6 +479,24 @@ pub struct OvaDisk {
 /// Whether an entry name is a VMDK disk's.
 fn is_vmdk_name(name: &str) -> bool {
     name.to_ascii_lowercase().ends_with(".vmdk")
+}
+
+/// Records that entry `name` writes `out`; two entries that would write
+/// the same file (`a/disk.vmdk` and `b/DISK.vmdk`: names compared without
+/// case, as on case-insensitive file systems) are refused.
+fn claim_output(claimed: &mut HashMap<String, String>, out: &Path, name: &str) -> Result<()> {
+    let key = out.to_string_lossy().to_lowercase();
+    if let Some(first) = claimed.insert(key, name.to_owned()) {
+        return Err(Error::invalid_data(
+            format!("entry '{name}'"),
+            format!(
+                "its raw image would be {}, the same file as entry '{first}''s: \
+                 the OVA's disks need distinct file names",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `<out_dir>/<stem>.raw` for entry `name`.
@@ -444,6 +535,7 @@ pub async fn ova_to_raw<R: AsyncRead + Unpin>(
     // Images are committed only once the whole archive checked out (a
     // manifest after the disks is only known at the end).
     let mut done: Vec<(SparseFile, String, RawReport)> = Vec::new();
+    let mut outputs = HashMap::new();
     let result = async {
         while let Some(entry) = ova.next_entry().await? {
             if !is_vmdk_name(&entry.name) {
@@ -451,19 +543,24 @@ pub async fn ova_to_raw<R: AsyncRead + Unpin>(
             }
             let object = format!("entry '{}'", entry.name);
             let out = raw_path(out_dir, &entry.name)?;
+            claim_output(&mut outputs, &out, &entry.name)?;
             let decode = options.decode.clone().with_name(object.clone());
-            let decoder = match StreamDecoder::with_options(ova.entry_reader(), decode).await {
-                Ok(d) => d,
-                Err(Error::InvalidData { message, .. }) if message.contains("hosted sparse") => {
-                    return Err(Error::unsupported(
-                        format!(
-                            "decoding the hosted sparse disk {object} from a stream (use ova_file_to_raw)"
-                        ),
-                        "hypersdk-ova",
-                    ));
-                }
-                Err(e) => return Err(e),
-            };
+            // Sniff the header: a hosted sparse extent (magic, but no
+            // markers or no compression) needs random access.
+            let mut head = [0u8; SECTOR as usize];
+            let n = read_full(&mut ova.entry_reader(), &mut head)
+                .await
+                .map_err(|e| super::decode::read_error(&object, e))?;
+            if is_hosted_sparse_header(&head[..n]) {
+                return Err(Error::unsupported(
+                    format!(
+                        "decoding the hosted sparse disk {object} from a stream (use ova_file_to_raw)"
+                    ),
+                    "hypersdk-ova",
+                ));
+            }
+            let reader = tokio::io::AsyncReadExt::chain(&head[..n], ova.entry_reader());
+            let decoder = StreamDecoder::with_options(reader, decode).await?;
             let sink = SparseFile::create(&out, decoder.capacity()).await?;
             let mut result = write_grains(decoder, &sink, &options.digests).await;
             if result.is_ok() {
@@ -493,12 +590,7 @@ pub async fn ova_to_raw<R: AsyncRead + Unpin>(
         }
         return Err(e);
     }
-    let mut disks = Vec::with_capacity(done.len());
-    for (sink, entry, mut report) in done {
-        report.path = Some(sink.commit().await?);
-        disks.push(OvaDisk { entry, report });
-    }
-    Ok(disks)
+    commit_all(done).await
 }
 
 /// Removes a partial image, logging (not returning) a failure to.
@@ -519,6 +611,11 @@ async fn drain_entry<R: AsyncRead + Unpin>(ova: &mut OvaReader<R>) -> Result<()>
 /// entries are decoded as streams, hosted sparse ones (monolithicSparse,
 /// as the forklift and qemu-made OVAs hold) by random access inside the
 /// archive. Entries the manifest lists are verified first.
+///
+/// All or nothing: two entries that would write the same raw file are
+/// refused before anything is written, and the images are renamed into
+/// place only once every disk converted; on any error none is left, not
+/// even a `.part` file.
 pub async fn ova_file_to_raw(
     path: impl AsRef<Path>,
     out_dir: impl AsRef<Path>,
@@ -526,39 +623,108 @@ pub async fn ova_file_to_raw(
 ) -> Result<Vec<OvaDisk>> {
     let index = OvaIndex::open(path.as_ref()).await?;
     let out_dir = out_dir.as_ref();
-    let names: Vec<String> = index
-        .entries()
-        .iter()
-        .filter(|e| is_vmdk_name(&e.name))
-        .map(|e| e.name.clone())
-        .collect();
-    let mut disks = Vec::new();
-    for name in names {
-        if index.manifest().is_some_and(|m| m.contains(&name)) {
-            index.verify_entry(&name).await?;
+    let mut outputs = HashMap::new();
+    let mut jobs = Vec::new();
+    for e in index.entries().iter().filter(|e| is_vmdk_name(&e.name)) {
+        let out = raw_path(out_dir, &e.name)?;
+        claim_output(&mut outputs, &out, &e.name)?;
+        jobs.push((e.name.clone(), out));
+    }
+    let mut done: Vec<(SparseFile, String, RawReport)> = Vec::new();
+    let result = async {
+        for (name, out) in jobs {
+            if index.manifest().is_some_and(|m| m.contains(&name)) {
+                index.verify_entry(&name).await?;
+            }
+            let source = Arc::new(index.open_entry(&name)?);
+            let head = source
+                .read_range(Extent::new(0, SECTOR.min(source.len())))
+                .await?;
+            if is_stream_header(&head) {
+                let chunks = source
+                    .read_stream(Extent::new(0, source.len()))
+                    .await?
+                    .map_err(std::io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(chunks);
+                let decode = options.decode.clone().with_name(source.describe());
+                let decoder = StreamDecoder::with_options(reader, decode).await?;
+                let sink = SparseFile::create(&out, decoder.capacity()).await?;
+                match write_grains(decoder, &sink, &options.digests).await {
+                    Ok(report) => done.push((sink, name, report)),
+                    Err(e) => {
+                        abort_quietly(sink).await;
+                        return Err(e);
+                    }
+                }
+            } else {
+                let disk = HostedDisk::open_extent(source).await?;
+                let sink = SparseFile::create(&out, disk.len()).await?;
+                match hosted_into(&disk, &sink, options).await {
+                    Ok(report) => done.push((sink, name, report)),
+                    Err(e) => {
+                        abort_quietly(sink).await;
+                        return Err(e);
+                    }
+                }
+            }
         }
-        let source = Arc::new(index.open_entry(&name)?);
-        let out = raw_path(out_dir, &name)?;
-        let head = source
-            .read_range(Extent::new(0, SECTOR.min(source.len())))
-            .await?;
-        let report = if is_stream_header(&head) {
-            let chunks = source
-                .read_stream(Extent::new(0, source.len()))
-                .await?
-                .map_err(std::io::Error::other);
-            let reader = tokio_util::io::StreamReader::new(chunks);
-            let decode = options.decode.clone().with_name(source.describe());
-            let decoder = StreamDecoder::with_options(reader, decode).await?;
-            decoder_to_raw(decoder, &out, &options.digests).await?
-        } else {
-            let disk = HostedDisk::open_extent(source).await?;
-            hosted_to_raw(&disk, &out, options).await?
-        };
-        disks.push(OvaDisk {
-            entry: name,
-            report,
-        });
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        for (sink, _, _) in done {
+            abort_quietly(sink).await;
+        }
+        return Err(e);
+    }
+    commit_all(done).await
+}
+
+/// Renames every image into place (a failure aborts the ones not yet
+/// committed).
+async fn commit_all(done: Vec<(SparseFile, String, RawReport)>) -> Result<Vec<OvaDisk>> {
+    let mut disks = Vec::with_capacity(done.len());
+    let mut left = done.into_iter();
+    while let Some((sink, entry, mut report)) = left.next() {
+        match sink.commit().await {
+            Ok(path) => report.path = Some(path),
+            Err(e) => {
+                for (sink, _, _) in left {
+                    abort_quietly(sink).await;
+                }
+                return Err(e);
+            }
+        }
+        disks.push(OvaDisk { entry, report });
     }
     Ok(disks)
+}
+
+/// Copies the allocated ranges of a hosted disk into `sink` (fresh,
+/// zeroed), hashing the whole image.
+async fn hosted_into(
+    disk: &HostedDisk,
+    sink: &SparseFile,
+    options: &RawOptions,
+) -> Result<RawReport> {
+    let copy = CopyOptions::default()
+        .with_digests(&options.digests)
+        .with_item(disk.describe());
+    let extents = disk
+        .allocated_extents()
+        .await?
+        .unwrap_or_else(|| ExtentList::full(disk.len()));
+    let report = copy_extents(disk, sink, &extents, None, None, &copy).await?;
+    let digests = match report.digests {
+        Some(d) => d,
+        None => MultiHasher::new(&[]).finish()?,
+    };
+    Ok(RawReport {
+        capacity: disk.len(),
+        data_bytes: report.bytes_fetched,
+        grains: report.ranges,
+        digests,
+        stats: DecodeStats::default(),
+        path: None,
+    })
 }

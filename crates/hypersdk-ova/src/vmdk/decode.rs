@@ -9,7 +9,11 @@
 //! capacity that is not a multiple of it). Ranges without a grain read as
 //! zeros. The stream ends at the end-of-stream marker; grain tables, the
 //! grain directory and progress markers are skipped, and a footer is
-//! checked against the header. A stream without an end-of-stream marker
+//! checked against the header. A header whose `gdOffset` is
+//! [`GD_AT_END`] promises a footer: an end-of-stream marker (an all-zero
+//! sector, as a zeroed tail of a partial download also reads) before one
+//! is a truncation. After the marker only zero padding may follow, up to
+//! the end of the input. A stream without an end-of-stream marker
 //! (as `qemu-img convert -o subformat=streamOptimized` writes without `-c`)
 //! is accepted only when the grain tables its writer preallocated in the
 //! overhead list exactly the grains read; otherwise it is truncated.
@@ -53,6 +57,9 @@
 //! vmdk.extend_from_slice(&Marker::grain_header(128, deflated.len() as u32));
 //! vmdk.extend_from_slice(&deflated);
 //! vmdk.resize(vmdk.len().next_multiple_of(512), 0);
+//! // The header defers the grain directory to the end: a footer is due.
+//! vmdk.extend_from_slice(&Marker::metadata_sector(MarkerType::Footer, 1));
+//! vmdk.extend_from_slice(&header.to_bytes());
 //! vmdk.extend_from_slice(&Marker::metadata_sector(MarkerType::EndOfStream, 0));
 //!
 //! let mut dec = StreamDecoder::new(&vmdk[..]).await?;
@@ -308,6 +315,10 @@ pub struct StreamDecoder<R> {
     /// Grains queued so far, and the offset of the last one's marker.
     grains_queued: u64,
     last_marker: Option<u64>,
+    /// Set while a [`StreamDecoder::next_grain`] call runs; still set at
+    /// the next call only if the previous one was dropped before it
+    /// finished, which leaves the decoder unusable (poisoned).
+    busy: bool,
     stats: DecodeStats,
 }
 
@@ -376,6 +387,7 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
             index: None,
             grains_queued: 0,
             last_marker: None,
+            busy: false,
             stats: DecodeStats::default(),
         };
         if !d.fill(SECTOR as usize).await? {
@@ -390,7 +402,12 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
             .min((MAX_IN_FLIGHT_BYTES / per_grain).max(1) as usize);
         d.consume(SECTOR as usize);
         if header.descriptor_offset != 0 && header.descriptor_size != 0 {
-            d.skip_to(header.descriptor_offset * SECTOR).await?;
+            // check_header bounded both by the overhead: no overflow.
+            let at = header
+                .descriptor_offset
+                .checked_mul(SECTOR)
+                .ok_or_else(|| Error::invalid_data(&d.object, "descriptor offset out of range"))?;
+            d.skip_to(at).await?;
             let n = (header.descriptor_size * SECTOR) as usize;
             if !d.fill(n).await? {
                 return Err(d.truncated("the embedded descriptor"));
@@ -494,7 +511,9 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
             if h.descriptor_offset < 1 {
                 return Err(bad("the descriptor overlaps the header".into()));
             }
-            h.descriptor_offset + h.descriptor_size
+            h.descriptor_offset
+                .checked_add(h.descriptor_size)
+                .ok_or_else(|| bad("the descriptor's offset and size overflow".into()))?
         };
         // The overhead holds the header, the descriptor and at most two
         // preallocated copies of the grain directory and tables, rounded to
@@ -550,7 +569,32 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
     /// The next grain, in increasing offset order; `None` after the
     /// end-of-stream marker. After an error the decoder is finished: later
     /// calls return `None`.
+    ///
+    /// # Cancellation
+    ///
+    /// Not cancel-safe: a call dropped before it finished (a lost
+    /// `select!` branch, a `timeout`) may have consumed input or inflated
+    /// grains it could not hand out, so the decoder is poisoned and every
+    /// later call fails with an [`Error::Other`] saying so — never a grain
+    /// after a silent gap. [`StreamDecoder::into_stream`]'s stream keeps a
+    /// started call alive across dropped `next()` futures and is
+    /// cancel-safe.
     pub async fn next_grain(&mut self) -> Result<Option<Grain>> {
+        if self.busy {
+            self.abandon();
+            return Err(Error::other(format!(
+                "{}: an earlier next_grain call was cancelled before it finished; \
+                 the decoder cannot continue without losing grains",
+                self.object
+            )));
+        }
+        self.busy = true;
+        let r = self.next_grain_inner().await;
+        self.busy = false;
+        r
+    }
+
+    async fn next_grain_inner(&mut self) -> Result<Option<Grain>> {
         loop {
             if let Some(r) = self.ready.pop_front() {
                 match r {
@@ -751,11 +795,42 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
         let bad =
             |msg: String| Error::invalid_data(&object, format!("{msg} (marker at offset {at})"));
         if kind == MarkerType::EndOfStream {
+            // An end-of-stream marker is an all-zero sector, as is a
+            // zeroed (preallocated, partly downloaded) tail: a header
+            // that defers its grain directory to the end promises a
+            // footer, so a stream that ends without one is cut short.
+            if h.gd_offset == GD_AT_END && !self.stats.footer {
+                return Err(Error::invalid_data(
+                    &self.object,
+                    format!(
+                        "truncated: zeros at offset {at} where the footer is due (the header \
+                         puts the grain directory at the end, so the stream must carry a footer \
+                         before its end-of-stream marker)"
+                    ),
+                ));
+            }
+            // Nothing but zero padding may follow the marker.
+            let mut end = at;
+            loop {
+                if self.buf.is_empty() && !self.fill(1).await? {
+                    break;
+                }
+                if let Some(i) = self.buf.iter().position(|&b| b != 0) {
+                    return Err(Error::invalid_data(
+                        &self.object,
+                        format!(
+                            "non-zero data at offset {} after the end-of-stream marker at \
+                             offset {at}",
+                            end + i as u64
+                        ),
+                    ));
+                }
+                let n = self.buf.len();
+                end += n as u64;
+                self.consume(n);
+            }
             self.done = true;
             self.stats.end_of_stream = true;
-            // The rest of the marker sector, if present, is padding.
-            let n = self.buf.len().min(SECTOR as usize);
-            self.consume(n);
             return Ok(());
         }
         if !self.fill(SECTOR as usize).await? {
@@ -884,7 +959,7 @@ impl<R: AsyncRead + Unpin> StreamDecoder<R> {
 
 /// An I/O error of the input; the OVA reader's integrity errors (wrapped in
 /// `io::Error`) come back out as themselves.
-fn read_error(object: &str, e: std::io::Error) -> Error {
+pub(crate) fn read_error(object: &str, e: std::io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
         if let Some(inner) = e.into_inner()
             && let Ok(err) = inner.downcast::<Error>()

@@ -109,7 +109,8 @@ impl SparseHeader {
     /// Refuses, without allocating anything: a wrong magic, a version other
     /// than 1–3, a grain size that is not a power of two between 1 and
     /// [`MAX_GRAIN_SECTORS`], more than [`MAX_GTES_PER_GT`] entries per grain
-    /// table, a capacity above [`MAX_CAPACITY_SECTORS`], an unknown
+    /// table, a capacity above [`MAX_CAPACITY_SECTORS`], an embedded
+    /// descriptor past the overhead (when one is given), an unknown
     /// compression algorithm, and newline-detection characters mangled by a
     /// text-mode transfer.
     pub fn parse(object: &str, sector: &[u8]) -> Result<Self> {
@@ -170,6 +171,25 @@ impl SparseHeader {
                 "embedded descriptor of {} sectors is beyond the {MAX_DESCRIPTOR_SECTORS}-sector limit",
                 h.descriptor_size
             )));
+        }
+        // An embedded descriptor lies in the metadata before the first
+        // grain: inside the overhead when the header gives one (0, as
+        // some writers leave it, bounds nothing), and never past the
+        // largest disk (so `offset * 512` cannot overflow).
+        if h.descriptor_offset != 0 {
+            let end = h.descriptor_offset.checked_add(h.descriptor_size);
+            let limit = if h.overhead != 0 {
+                h.overhead
+            } else {
+                MAX_CAPACITY_SECTORS
+            };
+            if end.is_none_or(|end| end > limit) {
+                return Err(bad(format!(
+                    "embedded descriptor at sector {} ({} sectors) lies past the {} sectors \
+                     of metadata",
+                    h.descriptor_offset, h.descriptor_size, limit
+                )));
+            }
         }
         if h.compress_algorithm > COMPRESS_DEFLATE {
             return Err(bad(format!(
@@ -400,11 +420,16 @@ impl Descriptor {
             let err = |msg: &str| {
                 Error::invalid_data(object, format!("descriptor line {}: {msg}", i + 1))
             };
-            let first = line.split_whitespace().next().unwrap_or_default();
+            // An extent line: an access word, then a sector count (its
+            // file name may contain '=').
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            let second = words.next().unwrap_or_default();
             if matches!(
                 first.to_ascii_uppercase().as_str(),
                 "RW" | "RDONLY" | "NOACCESS"
-            ) && !line.contains('=')
+            ) && !second.is_empty()
+                && second.bytes().all(|b| b.is_ascii_digit())
             {
                 d.extents.push(parse_extent(line).map_err(|m| err(&m))?);
                 continue;

@@ -49,6 +49,7 @@
 //! # }).unwrap();
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -60,11 +61,16 @@ use hypersdk_core::{Error, Result};
 
 use super::decode::{inflate_grain, max_compressed_len};
 use super::format::{
-    Descriptor, FLAG_ZEROED_GTE, GD_AT_END, GRAIN_MARKER_LEN, MAGIC, Marker, SECTOR, SparseHeader,
+    Descriptor, FLAG_ZEROED_GTE, GD_AT_END, GRAIN_MARKER_LEN, MAGIC, MAX_CAPACITY_SECTORS, Marker,
+    SECTOR, SparseHeader,
 };
 
 /// The largest text descriptor file read (1 MiB).
 const MAX_DESCRIPTOR_FILE: u64 = 1 << 20;
+
+/// The most extents a descriptor may list (a 2 TiB twoGbMaxExtent disk
+/// has 1024).
+const MAX_EXTENTS: usize = 4096;
 
 /// A grain table entry that means "zeroed grain" (with flag bit 2).
 const GTE_ZEROED: u32 = 1;
@@ -75,7 +81,9 @@ struct SparseExtent {
     source: Arc<dyn BlockSource>,
     header: SparseHeader,
     /// One grain table per directory entry; `None` where the entry is 0.
-    tables: Vec<Option<Box<[u32]>>>,
+    /// Tables never overlap in the file, so they take no more memory
+    /// than the file's bytes.
+    tables: Arc<[Option<Box<[u32]>>]>,
 }
 
 /// What backs one extent of the disk.
@@ -181,44 +189,73 @@ impl HostedDisk {
         if descriptor.extents.is_empty() {
             return Err(Error::invalid_data(name, "the descriptor lists no extent"));
         }
+        if descriptor.extents.len() > MAX_EXTENTS {
+            return Err(Error::invalid_data(
+                name,
+                format!(
+                    "the descriptor lists {} extents, more than the {MAX_EXTENTS} accepted",
+                    descriptor.extents.len()
+                ),
+            ));
+        }
+        let max_len = MAX_CAPACITY_SECTORS * SECTOR;
         let mut extents = Vec::with_capacity(descriptor.extents.len());
+        // Files opened so far, by name: flat extents may share a file (one
+        // handle), a sparse extent's file is used once.
+        let mut opened: HashMap<String, (bool, Arc<dyn BlockSource>)> = HashMap::new();
         let mut start = 0u64;
         for line in &descriptor.extents {
             let len = line
                 .sectors
                 .checked_mul(SECTOR)
-                .filter(|l| start.checked_add(*l).is_some())
+                .filter(|l| start.checked_add(*l).is_some_and(|end| end <= max_len))
                 .ok_or_else(|| {
                     Error::invalid_data(
                         name,
-                        format!("extent of {} sectors is too large", line.sectors),
+                        format!(
+                            "extent of {} sectors takes the disk past the \
+                             {MAX_CAPACITY_SECTORS}-sector limit",
+                            line.sectors
+                        ),
                     )
                 })?;
             let kind = line.kind.to_ascii_uppercase();
-            let open_file = || async {
+            let sparse = kind == "SPARSE";
+            let mut open_file = async || -> Result<Arc<dyn BlockSource>> {
                 let Some(file) = &line.file else {
                     return Err(Error::invalid_data(
                         name,
                         format!("a {kind} extent without a file name"),
                     ));
                 };
-                if file.contains('/') && Path::new(file).is_absolute()
-                    || file.split('/').any(|c| c == "..")
-                {
+                if !is_plain_relative(file) {
                     return Err(Error::invalid_data(
                         name,
                         format!("extent file '{file}' is outside the descriptor's directory"),
                     ));
                 }
-                let path = dir.join(file);
-                match FileSource::open(&path).await {
-                    Ok(f) => Ok(Arc::new(f) as Arc<dyn BlockSource>),
-                    Err(e) if e.is_not_found() => Err(Error::not_found(format!(
-                        "extent '{file}' of {name} (looked for {})",
-                        path.display()
-                    ))),
-                    Err(e) => Err(e),
+                if let Some((was_sparse, source)) = opened.get(file.as_str()) {
+                    if sparse || *was_sparse {
+                        return Err(Error::invalid_data(
+                            name,
+                            format!("extent file '{file}' is listed twice with a sparse extent"),
+                        ));
+                    }
+                    return Ok(Arc::clone(source));
                 }
+                let path = dir.join(file);
+                let source = match FileSource::open(&path).await {
+                    Ok(f) => Arc::new(f) as Arc<dyn BlockSource>,
+                    Err(e) if e.is_not_found() => {
+                        return Err(Error::not_found(format!(
+                            "extent '{file}' of {name} (looked for {})",
+                            path.display()
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                };
+                opened.insert(file.clone(), (sparse, Arc::clone(&source)));
+                Ok(source)
             };
             let backing = match kind.as_str() {
                 "SPARSE" => {
@@ -325,11 +362,7 @@ impl SparseExtent {
     /// The sector of grain `index`'s data (or marker), `None` if it reads
     /// as zeros.
     fn grain_sector(&self, index: u64) -> Option<u64> {
-        let per = u64::from(self.header.num_gtes_per_gt);
-        let table = self.tables.get((index / per) as usize)?.as_ref()?;
-        let gte = *table.get((index % per) as usize)?;
-        let zeroed = gte == GTE_ZEROED && self.header.flags & FLAG_ZEROED_GTE != 0;
-        (gte != 0 && !zeroed).then_some(u64::from(gte))
+        grain_sector(&self.header, &self.tables, index)
     }
 
     /// Reads grain `index` stored at `sector`: its bytes, cut to the
@@ -389,31 +422,69 @@ impl SparseExtent {
         Ok(Bytes::from(out))
     }
 
-    /// The allocated grains as byte extents of the extent, merged.
-    fn allocated(&self, base: u64, limit: u64) -> Vec<Extent> {
-        let grain = self.header.grain_bytes();
-        let per = u64::from(self.header.num_gtes_per_gt);
-        let mut out: Vec<Extent> = Vec::new();
-        for (t, table) in self.tables.iter().enumerate() {
-            let Some(table) = table else { continue };
-            for i in 0..table.len() as u64 {
-                let index = t as u64 * per + i;
-                if self.grain_sector(index).is_none() {
-                    continue;
-                }
-                let start = index * grain;
-                if start >= limit {
-                    break;
-                }
-                let e = Extent::new(base + start, (limit - start).min(grain));
-                match out.last_mut() {
-                    Some(last) if last.end() == e.offset => last.length += e.length,
-                    _ => out.push(e),
-                }
+    /// The allocated grains as byte extents of the extent, merged; the
+    /// walk over the tables runs on the blocking pool.
+    async fn allocated(&self, base: u64, limit: u64) -> Result<Vec<Extent>> {
+        let header = self.header;
+        let tables = Arc::clone(&self.tables);
+        tokio::task::spawn_blocking(move || allocated(&header, &tables, base, limit))
+            .await
+            .map_err(|e| Error::other(format!("a grain table walk failed: {e}")))
+    }
+}
+
+/// The sector of grain `index`'s data (or marker), `None` if it reads as
+/// zeros.
+fn grain_sector(header: &SparseHeader, tables: &[Option<Box<[u32]>>], index: u64) -> Option<u64> {
+    let per = u64::from(header.num_gtes_per_gt);
+    let table = tables.get((index / per) as usize)?.as_ref()?;
+    let gte = *table.get((index % per) as usize)?;
+    let zeroed = gte == GTE_ZEROED && header.flags & FLAG_ZEROED_GTE != 0;
+    (gte != 0 && !zeroed).then_some(u64::from(gte))
+}
+
+/// The allocated grains of `tables` as byte extents (from `base`, cut at
+/// `limit` bytes), merged.
+fn allocated(
+    header: &SparseHeader,
+    tables: &[Option<Box<[u32]>>],
+    base: u64,
+    limit: u64,
+) -> Vec<Extent> {
+    let grain = header.grain_bytes();
+    let per = u64::from(header.num_gtes_per_gt);
+    let mut out: Vec<Extent> = Vec::new();
+    for (t, table) in tables.iter().enumerate() {
+        let Some(table) = table else { continue };
+        for i in 0..table.len() as u64 {
+            let index = t as u64 * per + i;
+            if grain_sector(header, tables, index).is_none() {
+                continue;
+            }
+            let start = index * grain;
+            if start >= limit {
+                break;
+            }
+            let e = Extent::new(base + start, (limit - start).min(grain));
+            match out.last_mut() {
+                Some(last) if last.end() == e.offset => last.length += e.length,
+                _ => out.push(e),
             }
         }
-        out
     }
+    out
+}
+
+/// Whether an extent file name stays inside the descriptor's directory on
+/// every platform: only plain components (no root, prefix, `.` or `..`)
+/// and no backslash (a separator on Windows, `..\\x` or `C:\\x`).
+fn is_plain_relative(file: &str) -> bool {
+    !file.is_empty()
+        && !file.contains('\\')
+        && !file.contains(':')
+        && Path::new(file)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// Reads up to `n` bytes at `pos` (fewer at the end of the source).
@@ -423,6 +494,49 @@ async fn read_upto(source: &dyn BlockSource, pos: u64, n: u64) -> Result<Bytes> 
         return Ok(Bytes::new());
     }
     source.read_range(Extent::new(pos, n)).await
+}
+
+/// Checks that every allocated grain of `tables` lies inside a file of
+/// `len` bytes.
+fn check_grains(
+    object: &str,
+    header: &SparseHeader,
+    tables: &[Option<Box<[u32]>>],
+    len: u64,
+) -> Result<()> {
+    let grain = header.grain_bytes();
+    let per = u64::from(header.num_gtes_per_gt);
+    for (t, table) in tables.iter().enumerate() {
+        if table.is_none() {
+            continue;
+        }
+        for i in 0..per {
+            let index = t as u64 * per + i;
+            if index * header.grain_size >= header.capacity {
+                break;
+            }
+            if let Some(sector) = grain_sector(header, tables, index) {
+                let need = if header.is_compressed() {
+                    GRAIN_MARKER_LEN as u64
+                } else {
+                    (header.capacity_bytes() - index * grain).min(grain)
+                };
+                if (sector * SECTOR)
+                    .checked_add(need)
+                    .is_none_or(|end| end > len)
+                {
+                    return Err(Error::invalid_data(
+                        object,
+                        format!(
+                            "grain {index} at sector {sector} is past the end of the file \
+                             ({len} bytes)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a sparse extent's header, descriptor, grain directory and tables.
@@ -458,13 +572,14 @@ async fn load_sparse(source: Arc<dyn BlockSource>) -> Result<(SparseExtent, Opti
     }
     let len = source.len();
     let descriptor = if header.descriptor_offset != 0 && header.descriptor_size != 0 {
-        let at = header.descriptor_offset * SECTOR;
+        let at = header.descriptor_offset.checked_mul(SECTOR);
         let n = header.descriptor_size * SECTOR;
-        if at + n > len {
+        let Some(at) = at.filter(|at| at.checked_add(n).is_some_and(|end| end <= len)) else {
+            let at = header.descriptor_offset;
             return Err(bad(format!(
-                "the embedded descriptor ({n} bytes at offset {at}) is past the end of the file"
+                "the embedded descriptor ({n} bytes at sector {at}) is past the end of the file"
             )));
-        }
+        };
         let text = source.read_range(Extent::new(at, n)).await?;
         Some(Descriptor::parse(&object, &text)?)
     } else {
@@ -485,53 +600,56 @@ async fn load_sparse(source: Arc<dyn BlockSource>) -> Result<(SparseExtent, Opti
     }
     let gd = source.read_range(Extent::new(gd_at, gd_len)).await?;
     let gt_len = u64::from(header.num_gtes_per_gt) * 4;
-    let mut tables = Vec::with_capacity(entries as usize);
+    // Where each table is; tables may not overlap (nor repeat): each is
+    // then backed by its own bytes of the file, which bounds the memory
+    // they take by the file's size.
+    let mut places: Vec<(u64, usize)> = Vec::new();
     for (i, chunk) in gd.chunks_exact(4).enumerate() {
         let gde = u64::from(u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
         if gde == 0 {
-            tables.push(None);
             continue;
         }
         let at = gde * SECTOR;
-        if at + gt_len > len {
+        if at.checked_add(gt_len).is_none_or(|end| end > len) {
             return Err(bad(format!(
                 "grain table {i} at offset {at} is past the end of the file ({len} bytes)"
             )));
         }
+        places.push((at, i));
+    }
+    places.sort_unstable();
+    for pair in places.windows(2) {
+        let ((a, i), (b, j)) = (pair[0], pair[1]);
+        if b < a + gt_len {
+            return Err(bad(format!(
+                "grain tables {i} and {j} overlap (offsets {a} and {b}): \
+                 every directory entry must have a table of its own"
+            )));
+        }
+    }
+    let mut tables: Vec<Option<Box<[u32]>>> = Vec::new();
+    tables.resize_with(gd.len() / 4, || None);
+    for (at, i) in places {
         let gt = source.read_range(Extent::new(at, gt_len)).await?;
         let table: Box<[u32]> = gt
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        tables.push(Some(table));
+        tables[i] = Some(table);
     }
+    let tables: Arc<[Option<Box<[u32]>>]> = tables.into();
+    // Every allocated grain must lie inside the file (checked on the
+    // blocking pool: a large disk has millions of entries).
+    let check = Arc::clone(&tables);
+    let object2 = object.clone();
+    tokio::task::spawn_blocking(move || check_grains(&object2, &header, &check, len))
+        .await
+        .map_err(|e| Error::other(format!("a grain table check failed: {e}")))??;
     let extent = SparseExtent {
         source,
         header,
         tables,
     };
-    // Every allocated grain must lie inside the file.
-    let grain = header.grain_bytes();
-    for t in 0..extent.tables.len() as u64 {
-        for i in 0..u64::from(header.num_gtes_per_gt) {
-            let index = t * u64::from(header.num_gtes_per_gt) + i;
-            if index * header.grain_size >= header.capacity {
-                break;
-            }
-            if let Some(sector) = extent.grain_sector(index) {
-                let need = if header.is_compressed() {
-                    GRAIN_MARKER_LEN as u64
-                } else {
-                    (header.capacity_bytes() - index * grain).min(grain)
-                };
-                if sector * SECTOR + need > len {
-                    return Err(bad(format!(
-                        "grain {index} at sector {sector} is past the end of the file ({len} bytes)"
-                    )));
-                }
-            }
-        }
-    }
     Ok((extent, descriptor))
 }
 
@@ -570,7 +688,7 @@ impl BlockSource for HostedDisk {
             match &e.backing {
                 Backing::Zero => {}
                 Backing::Flat { .. } => all.push(Extent::new(e.start, e.len)),
-                Backing::Sparse(s) => all.extend(s.allocated(e.start, e.len)),
+                Backing::Sparse(s) => all.extend(s.allocated(e.start, e.len).await?),
             }
         }
         Ok(Some(ExtentList::from_unsorted(all)))
