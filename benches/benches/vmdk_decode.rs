@@ -13,69 +13,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hypersdk_benches::Rng;
 use hypersdk_ova::vmdk::decode::{DecodeOptions, StreamDecoder, inflate_grain};
 use hypersdk_ova::vmdk::format::{Marker, MarkerType, SparseHeader};
 
 const GRAIN: usize = 64 << 10;
 const IMAGE: usize = 64 << 20;
-
-/// xorshift64 state.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn fill_random(&mut self, buf: &mut [u8]) {
-        for b in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            b.copy_from_slice(&v[..b.len()]);
-        }
-    }
-
-    /// Log-like text: words, numbers, newlines (compresses about 3:1).
-    fn fill_text(&mut self, buf: &mut [u8]) {
-        const WORDS: &[&str] = &[
-            "kernel",
-            "disk",
-            "grain",
-            "sector",
-            "error",
-            "warning",
-            "info",
-            "boot",
-            "/usr/lib",
-            "/etc/fstab",
-            "root",
-            "network",
-            "volume",
-            "snapshot",
-            "=",
-            "{",
-            "}",
-            "the",
-            "a",
-        ];
-        let mut text = Vec::with_capacity(buf.len() + 32);
-        while text.len() < buf.len() {
-            let r = self.next();
-            text.extend_from_slice(WORDS[(r % WORDS.len() as u64) as usize].as_bytes());
-            if r >> 60 == 0 {
-                text.extend_from_slice(format!(" {}", (r >> 20) % 100_000).as_bytes());
-            }
-            text.push(if (r >> 8).is_multiple_of(11) {
-                b'\n'
-            } else {
-                b' '
-            });
-        }
-        buf.copy_from_slice(&text[..buf.len()]);
-    }
-}
 
 fn zlib(data: &[u8], level: u32) -> Vec<u8> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(level));
@@ -130,6 +73,13 @@ fn build_stream() -> Vec<u8> {
         out.extend_from_slice(&packed);
         out.resize(out.len().next_multiple_of(512), 0);
     }
+    // A GD_AT_END header promises a footer before the end of stream: a
+    // copy of the header, here without a grain directory (the decoder
+    // streams by the grain markers and does not need one).
+    let mut footer = header;
+    footer.gd_offset = 0;
+    out.extend_from_slice(&Marker::metadata_sector(MarkerType::Footer, 1));
+    out.extend_from_slice(&footer.to_bytes());
     out.extend_from_slice(&Marker::metadata_sector(MarkerType::EndOfStream, 0));
     out
 }

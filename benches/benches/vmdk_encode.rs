@@ -16,70 +16,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hypersdk_benches::Rng;
 use hypersdk_core::blocks::{BlockSource, BytesSource};
 use hypersdk_core::model::{Extent, ExtentList};
 use hypersdk_ova::vmdk::encode::{EncodeOptions, GrainCompressor, encode_stream};
 
 const GRAIN: usize = 64 << 10;
 const IMAGE: usize = 64 << 20;
-
-/// xorshift64 state.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn fill_random(&mut self, buf: &mut [u8]) {
-        for b in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            b.copy_from_slice(&v[..b.len()]);
-        }
-    }
-
-    /// Log-like text: words, numbers, newlines (compresses about 3:1).
-    fn fill_text(&mut self, buf: &mut [u8]) {
-        const WORDS: &[&str] = &[
-            "kernel",
-            "disk",
-            "grain",
-            "sector",
-            "error",
-            "warning",
-            "info",
-            "boot",
-            "/usr/lib",
-            "/etc/fstab",
-            "root",
-            "network",
-            "volume",
-            "snapshot",
-            "=",
-            "{",
-            "}",
-            "the",
-            "a",
-        ];
-        let mut text = Vec::with_capacity(buf.len() + 32);
-        while text.len() < buf.len() {
-            let r = self.next();
-            text.extend_from_slice(WORDS[(r % WORDS.len() as u64) as usize].as_bytes());
-            if r >> 60 == 0 {
-                text.extend_from_slice(format!(" {}", (r >> 20) % 100_000).as_bytes());
-            }
-            text.push(if (r >> 8).is_multiple_of(11) {
-                b'\n'
-            } else {
-                b' '
-            });
-        }
-        buf.copy_from_slice(&text[..buf.len()]);
-    }
-}
 
 fn grain_compress(c: &mut Criterion) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

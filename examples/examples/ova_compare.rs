@@ -14,6 +14,7 @@
 //! for tar, nothing for hypersdk (it creates no file). Exits 1 when a side
 //! fails or the digests disagree, 2 when a tool is missing.
 
+use hypersdk_examples::timed;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -152,44 +153,6 @@ async fn verify(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// One timed run: wall seconds, peak RSS in KiB, and stdout.
-struct Run {
-    wall: f64,
-    rss_kib: u64,
-    stdout: String,
-}
-
-fn timed(program: &str, args: &[&str]) -> Result<Run, String> {
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "@@time %e %M"])
-        .arg(program)
-        .args(args)
-        .output()
-        .map_err(|e| {
-            format!("cannot run /usr/bin/time: {e} (install GNU time: apt-get install time)")
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(format!("{program} failed: {}", stderr.trim()));
-    }
-    let line = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("@@time "))
-        .ok_or_else(|| format!("no timing from GNU time: {stderr}"))?;
-    let mut f = line.split_whitespace();
-    let wall = f
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or("bad wall time")?;
-    let rss_kib = f.next().and_then(|v| v.parse().ok()).ok_or("bad RSS")?;
-    Ok(Run {
-        wall,
-        rss_kib,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-    })
 }
 
 /// `hex  name` lines to sorted (name, hex) pairs, names without directories.

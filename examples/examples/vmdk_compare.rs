@@ -27,6 +27,7 @@
 //! (and the VMDKs with `qemu-img check`). Exits 1 when a side fails or an
 //! output differs, 2 when a tool is missing.
 
+use hypersdk_examples::{Timed, timed};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -129,49 +130,10 @@ async fn decode(vmdk: &Path, raw: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// One timed run: wall and CPU seconds, peak RSS in KiB.
-struct Run {
-    wall: f64,
-    cpu: f64,
-    rss_kib: u64,
-}
-
-fn timed(program: &str, args: &[&str]) -> Result<Run, String> {
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "@@time %e %U %S %M"])
-        .arg(program)
-        .args(args)
-        .output()
-        .map_err(|e| {
-            format!("cannot run /usr/bin/time: {e} (install GNU time: apt-get install time)")
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(format!("{program} failed: {}", stderr.trim()));
-    }
-    let line = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("@@time "))
-        .ok_or_else(|| format!("no timing from GNU time: {stderr}"))?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .map(|v| v.parse::<f64>().map_err(|e| format!("bad time {v:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    if f.len() != 4 {
-        return Err(format!("bad GNU time line {line:?}"));
-    }
-    Ok(Run {
-        wall: f[0],
-        cpu: f[1] + f[2],
-        rss_kib: f[3] as u64,
-    })
-}
-
 /// One side of a comparison: how to run it once, and its results.
 struct Side<'a> {
     name: String,
-    run: Box<dyn Fn() -> Result<Run, String> + 'a>,
+    run: Box<dyn Fn() -> Result<Timed, String> + 'a>,
     /// The file it writes, for the size and the checks.
     output: PathBuf,
     best_wall: f64,
@@ -184,7 +146,7 @@ impl<'a> Side<'a> {
     fn new(
         name: impl Into<String>,
         output: PathBuf,
-        run: impl Fn() -> Result<Run, String> + 'a,
+        run: impl Fn() -> Result<Timed, String> + 'a,
     ) -> Self {
         Side {
             name: name.into(),
