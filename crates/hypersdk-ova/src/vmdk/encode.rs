@@ -1161,8 +1161,9 @@ pub async fn raw_to_vmdk(
 /// Encodes `source` into a streamOptimized VMDK file at `output`.
 ///
 /// The VMDK is written to `<output>.part` (replacing a stale one), synced,
-/// and renamed to `output` only once complete: on any error nothing is at
-/// `output` and the `.part` file is removed.
+/// and linked to `output` only once complete, never replacing a file that
+/// appeared meanwhile: on any error nothing is at `output` and the `.part`
+/// file is removed. A call whose future is dropped may leave the `.part`.
 ///
 /// # Errors
 ///
@@ -1203,9 +1204,27 @@ pub async fn encode_to_file(
             .await
             .map_err(|e| Error::io(part_object.as_str(), e))?;
         drop(file);
-        tokio::fs::rename(&part, output)
-            .await
-            .map_err(|e| Error::io(object.as_str(), e))?;
+        // A link fails if `output` appeared meanwhile: a file we did not
+        // write is never replaced.
+        tokio::fs::hard_link(&part, output).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::already_exists(object.as_str())
+            } else {
+                Error::io(object.as_str(), e)
+            }
+        })?;
+        let _ = tokio::fs::remove_file(&part).await;
+        if let Some(dir) = output.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            // Persist the new name; not every platform opens directories.
+            if let Ok(d) = tokio::fs::File::open(dir).await {
+                let _ = d.sync_all().await;
+            }
+        }
         Ok::<_, Error>(report)
     }
     .await;
