@@ -55,7 +55,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use hypersdk_core::blocks::{
-    BlockSink, BlockSource, CopyOptions, SparseFile, copy_extents, copy_to_file, is_all_zero,
+    BlockSink, BlockSource, CopyOptions, CopyReport, SparseFile, copy_extents, copy_to_file,
+    is_all_zero,
 };
 use hypersdk_core::digest::{Algorithm, Digests, MultiHasher};
 use hypersdk_core::model::Extent;
@@ -391,18 +392,7 @@ pub async fn hosted_to_raw(
         .with_digests(&options.digests)
         .with_item(disk.describe());
     let report = copy_to_file(disk, path.as_ref(), None, None, None, &copy).await?;
-    let digests = match report.digests {
-        Some(d) => d,
-        None => MultiHasher::new(&[]).finish()?,
-    };
-    Ok(RawReport {
-        capacity: disk.len(),
-        data_bytes: report.bytes_fetched,
-        grains: report.ranges,
-        digests,
-        stats: DecodeStats::default(),
-        path: Some(path.as_ref().to_path_buf()),
-    })
+    hosted_report(disk, report, Some(path.as_ref().to_path_buf()))
 }
 
 /// Converts the VMDK at `path` to a raw image at `out`, choosing the reader
@@ -715,6 +705,15 @@ async fn hosted_into(
         .await?
         .unwrap_or_else(|| ExtentList::full(disk.len()));
     let report = copy_extents(disk, sink, &extents, None, None, &copy).await?;
+    hosted_report(disk, report, None)
+}
+
+/// The report of a hosted-disk copy done by core's copy engine.
+fn hosted_report(
+    disk: &HostedDisk,
+    report: CopyReport,
+    path: Option<PathBuf>,
+) -> Result<RawReport> {
     let digests = match report.digests {
         Some(d) => d,
         None => MultiHasher::new(&[]).finish()?,
@@ -725,6 +724,6 @@ async fn hosted_into(
         grains: report.ranges,
         digests,
         stats: DecodeStats::default(),
-        path: None,
+        path,
     })
 }
