@@ -53,6 +53,7 @@ pub mod model;
 pub mod progress;
 pub mod provider;
 pub mod retry;
+pub mod tls;
 
 pub use error::{Error, ErrorKind, Result};
 

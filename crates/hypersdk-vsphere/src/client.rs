@@ -56,8 +56,8 @@ use hypersdk_core::{Error, Result};
 use url::Url;
 
 use crate::soap::{Node, Request, SoapResponse, VimFault, parse_document, parse_response};
-use crate::tls::{Thumbprint, pinned_config, tls_failure};
 use crate::types::{MoRef, ServiceContent};
+use hypersdk_core::tls::{Thumbprint, pinned_config, tls_failure};
 
 /// The session cookie's name.
 const COOKIE_NAME: &str = "vmware_soap_session";

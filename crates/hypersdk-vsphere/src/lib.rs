@@ -52,8 +52,11 @@ pub mod provider;
 pub mod snapshot;
 pub mod soap;
 pub mod tasks;
-pub mod tls;
 pub mod types;
+
+/// Certificate thumbprints and pinning, shared with the other providers
+/// (moved to [`hypersdk_core::tls`]).
+pub use hypersdk_core::tls;
 
 pub use client::{Client, ClientBuilder, Credentials, fault_to_error, vim_fault};
 pub use provider::VsphereProvider;

@@ -1,4 +1,6 @@
-//! Certificate thumbprints and the pinning verifier.
+//! Certificate thumbprints and the pinning verifier, shared by every
+//! provider that talks TLS to a self-signed host (vSphere, the OVM
+//! exporter).
 //!
 //! vSphere shows a server's certificate as a thumbprint: the SHA-1 (older
 //! UIs, `sslThumbprint` of NFC leases) or SHA-256 of the DER certificate,
@@ -14,7 +16,7 @@
 //! HTTP request, and so no credential, is ever sent.
 //!
 //! ```
-//! use hypersdk_vsphere::tls::Thumbprint;
+//! use hypersdk_core::tls::Thumbprint;
 //!
 //! let t: Thumbprint = "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD".parse()?;
 //! assert!(matches!(t, Thumbprint::Sha1(_)));
@@ -26,7 +28,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use hypersdk_core::{Error, Result};
+use crate::{Error, Result};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -221,7 +223,7 @@ impl ServerCertVerifier for PinVerifier {
 }
 
 /// A rustls client configuration that trusts exactly `pins`.
-pub(crate) fn pinned_config(pins: Vec<Thumbprint>) -> Result<rustls::ClientConfig> {
+pub fn pinned_config(pins: Vec<Thumbprint>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinVerifier {
         pins,
@@ -243,7 +245,7 @@ pub(crate) fn pinned_config(pins: Vec<Thumbprint>) -> Result<rustls::ClientConfi
 /// The TLS failure inside a transport error, if there is one: walks the
 /// source chain, looking inside `io::Error`s too (their `source()` skips
 /// the wrapped error, and hyper wraps an `io::Error` in another).
-pub(crate) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     tls_failure_at(e, 0)
 }
 
