@@ -1,9 +1,13 @@
 //! Example programs composing hypersdk; see `examples/examples/`.
 //! Run one with `cargo run -p hypersdk-examples --example NAME`.
 //!
-//! The library part holds what the side-by-side comparisons share.
+//! The library part holds what the example programs share: [`bar`], the
+//! terminal progress display, and [`timed`], the GNU `time` runner of the
+//! side-by-side comparisons.
 
 use std::process::Command;
+
+pub mod bar;
 
 /// One run of a program timed by GNU `time`.
 #[derive(Debug, Clone)]
