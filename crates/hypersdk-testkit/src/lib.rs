@@ -17,13 +17,15 @@
 //! - [`qemu`]: `qemu-img` (`convert`, `compare`, `check`, `info`) as the
 //!   reference in cross-check tests; missing qemu-img is an error naming
 //!   `apt-get install -y qemu-utils`, never a skip.
-//!
-//! The OVM exporter test server arrives here with the issue that needs it.
+//! - [`ovm`]: a faithful double of the Coriolis OVM exporter (HTTPS with a
+//!   generated CA, HS256 JWTs, every route, Go ServeContent ranges,
+//!   copy-on-write sparse snapshots with FIEMAP-like chunks, fault switches).
 #![forbid(unsafe_code)]
 
 pub mod conformance;
 pub mod fault_proxy;
 pub mod http_server;
 pub mod images;
+pub mod ovm;
 pub mod qemu;
 pub mod vcsim;

@@ -39,6 +39,18 @@
 //!   `InvalidArgument` fault); `CancelRetrievePropertiesEx` drops the rest.
 //! - NFC uploads (`ImportVApp` lease URLs, PUT or POST) are written to the
 //!   imported VM's disk file and listed by [`Vcsim::uploaded_files`].
+//! - Changed block tracking: `ReconfigVM_Task(changeTrackingEnabled=true)`
+//!   starts per-disk tracking over the disk's `-flat.vmdk` in 64 KiB
+//!   blocks; disk backings get a `changeId` (`52 3c … 4a/N`, N counting
+//!   change sets) that snapshots keep as of their creation; writes through
+//!   [`Vcsim::seed_disk_file`], [`Vcsim::write_disk_at`] and
+//!   [`Vcsim::zero_disk_range`] on the flat file (and NFC uploads) record
+//!   change sets; `VirtualMachine.QueryChangedDiskAreas` answers from them
+//!   (`"*"` = allocated areas), one window at a time
+//!   ([`Vcsim::set_cbt`]), `FileFault` when tracking is off or the change
+//!   id unknown. [`Vcsim::cbt_state`] shows what was recorded.
+//! - Lease timeouts enforced (see [`VcsimBuilder::lease_timeout`],
+//!   [`Vcsim::leases`], [`Vcsim::expire_leases`]).
 //! - Strict credentials ([`Vcsim::username`], [`Vcsim::password`]); vcsim
 //!   alone accepts any non-empty pair.
 //! - TLS with a fresh P-256 certificate for `127.0.0.1`/`localhost`, signed
@@ -59,7 +71,6 @@
 //! fault; `Login` with a still-valid session cookie gives `InvalidLogin`;
 //! `/folder` needs no authentication; disks report `capacityInKB` only;
 //! `simulator.Map` is process-global, so each [`Vcsim`] is its own process.
-//! `QueryChangedDiskAreas` is not implemented yet (MethodNotFound).
 //!
 //! # Prerequisites
 //!
@@ -88,8 +99,9 @@ use url::Url;
 
 pub use build::{DEBIAN_PACKAGES, INSTALL_COMMAND};
 pub use control::{
-    CutTransfer, DiskFile, InvDatastore, InvDisk, InvEntity, InvHost, InvNic, InvSnapshot, InvVm,
-    Inventory, LeaseFault, MethodFault, SeededDisk, UploadedFile,
+    ByteArea, CbtChange, CbtConfig, CbtDisk, CbtSettings, CbtState, CutTransfer, DiskFile,
+    InvDatastore, InvDisk, InvEntity, InvHost, InvNic, InvSnapshot, InvVm, Inventory, LeaseFault,
+    LeaseStatus, MethodFault, SeededDisk, StarAnswer, UploadedFile,
 };
 
 /// Errors of the launcher and the control API.
@@ -304,7 +316,10 @@ impl VcsimBuilder {
         self
     }
 
-    /// `leaseTimeout` reported by export leases (default 300 s; not enforced).
+    /// `leaseTimeout` of every NFC lease, export and import (default 300 s;
+    /// whole seconds), **enforced**: a `ready` lease without
+    /// `HttpNfcLeaseProgress` for longer goes to state `error` with a
+    /// `Timedout` fault. `Duration::ZERO` turns the enforcement off.
     pub fn lease_timeout(mut self, timeout: Duration) -> Self {
         self.lease_timeout = timeout;
         self
@@ -668,6 +683,116 @@ impl Vcsim {
         self.control(req, "disk").await
     }
 
+    /// Writes `bytes` at `offset` into a VM disk file (which grows if
+    /// needed; a flat file not past the disk's capacity). On the flat file
+    /// of a disk with change tracking on, every 64 KiB block the write
+    /// touches is recorded as one change set (changed bytes or not, as CBT
+    /// does for guest writes) and the disk gets a new `changeId`.
+    pub async fn write_disk_at(
+        &self,
+        vm: &str,
+        disk: usize,
+        file: DiskFile,
+        offset: u64,
+        bytes: impl Into<reqwest::Body>,
+    ) -> Result<SeededDisk, VcsimError> {
+        let url = format!("{}&offset={offset}", self.disk_url(vm, disk, file, None));
+        let req = self.http.patch(url).body(bytes);
+        self.control(req, "disk").await
+    }
+
+    /// Zeroes `length` bytes at `offset` of a VM disk file (a hole where
+    /// the file system can punch one); the range is clipped to the file's
+    /// end. On a tracked flat file the touched blocks are recorded as one
+    /// change set (blocks left all zero as trimmed).
+    pub async fn zero_disk_range(
+        &self,
+        vm: &str,
+        disk: usize,
+        file: DiskFile,
+        offset: u64,
+        length: u64,
+    ) -> Result<SeededDisk, VcsimError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("vm", vm)
+            .append_pair("disk", &disk.to_string())
+            .append_pair("file", file.query_value())
+            .append_pair("offset", &offset.to_string())
+            .append_pair("length", &length.to_string());
+        let url = format!("{}?{}", self.control_url("disk/zero"), query.finish());
+        let req = self.http.post(url);
+        self.control(req, "disk/zero").await
+    }
+
+    /// Changes how `QueryChangedDiskAreas` answers (window size, areas per
+    /// answer, the `"*"` form); returns the new settings.
+    pub async fn set_cbt(&self, settings: &CbtSettings) -> Result<CbtConfig, VcsimError> {
+        let req = self
+            .http
+            .post(self.control_url("cbt"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(settings)?);
+        self.control(req, "cbt").await
+    }
+
+    /// Every disk with change tracking on, its change id and the change
+    /// sets recorded.
+    pub async fn cbt_state(&self) -> Result<CbtState, VcsimError> {
+        let req = self.http.get(self.control_url("cbt"));
+        self.control(req, "cbt").await
+    }
+
+    /// Every live NFC lease: state, timeout, `HttpNfcLeaseProgress` calls,
+    /// last percentage, time since renewal.
+    pub async fn leases(&self) -> Result<Vec<LeaseStatus>, VcsimError> {
+        let req = self.http.get(self.control_url("leases"));
+        self.control(req, "leases").await
+    }
+
+    /// Times out the `ready` lease with this moref value now (every ready
+    /// lease with `None`), as if its `leaseTimeout` had passed without
+    /// `HttpNfcLeaseProgress`; returns how many.
+    pub async fn expire_leases(&self, lease: Option<&str>) -> Result<usize, VcsimError> {
+        #[derive(Deserialize)]
+        struct Expired {
+            expired: usize,
+        }
+        let body = match lease {
+            Some(l) => serde_json::json!({ "lease": l }),
+            None => serde_json::json!({}),
+        };
+        let req = self
+            .http
+            .post(self.control_url("leases/expire"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body)?);
+        let out: Expired = self.control(req, "leases/expire").await?;
+        Ok(out.expired)
+    }
+
+    /// Sets the `leaseTimeout` of leases created from now on (whole
+    /// seconds; `Duration::ZERO`: not enforced). Live leases keep theirs.
+    pub async fn set_lease_timeout(&self, timeout: Duration) -> Result<(), VcsimError> {
+        self.post_json(
+            "leases/timeout",
+            &serde_json::json!({ "seconds": timeout.as_secs().min(i32::MAX as u64) }),
+        )
+        .await
+    }
+
+    /// A [`DiskWriter`](crate::conformance::DiskWriter) for the conformance
+    /// suite: writes go to the flat files of the VMs' disks
+    /// ([`Vcsim::write_disk_at`], [`Vcsim::zero_disk_range`]), so a disk
+    /// with change tracking on records them. Disks are named by device key
+    /// (the vSphere provider's disk id); VMs by moref value or name.
+    pub fn disk_writer(&self) -> std::sync::Arc<dyn crate::conformance::DiskWriter> {
+        std::sync::Arc::new(FlatDiskWriter {
+            http: self.http.clone(),
+            control_url: self.info.control_url.clone(),
+        })
+    }
+
     /// Reads the current content of a VM disk file (e.g. after an import).
     pub async fn read_disk(
         &self,
@@ -799,5 +924,124 @@ impl Drop for Vcsim {
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
+    }
+}
+
+/// `vm=…&disk=…&file=flat` and more numbers.
+fn flat_query(vm: &str, index: usize, more: &[(&str, u64)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("vm", vm)
+        .append_pair("disk", &index.to_string())
+        .append_pair("file", "flat");
+    for (k, v) in more {
+        query.append_pair(k, &v.to_string());
+    }
+    query.finish()
+}
+
+/// [`Vcsim::disk_writer`].
+struct FlatDiskWriter {
+    http: reqwest::Client,
+    control_url: String,
+}
+
+impl FlatDiskWriter {
+    /// The `vm` and `disk` (index) query values of a disk reference.
+    async fn locate(
+        &self,
+        disk: &hypersdk_core::provider::DiskRef,
+    ) -> hypersdk_core::Result<(String, usize)> {
+        use hypersdk_core::model::VmRef;
+        let fail = |e: &dyn std::fmt::Display| {
+            hypersdk_core::Error::other(format!("vcsim harness inventory: {e}"))
+        };
+        let vm = match &disk.vm {
+            VmRef::Id(id) => id.clone(),
+            VmRef::Name(name) => name.clone(),
+            other => {
+                return Err(hypersdk_core::Error::unsupported(
+                    format!("writing to a disk of {other}"),
+                    "vcsim disk writer",
+                ));
+            }
+        };
+        let response = self
+            .http
+            .get(format!("{}/inventory", self.control_url))
+            .send()
+            .await
+            .map_err(|e| fail(&e))?;
+        let body = response.bytes().await.map_err(|e| fail(&e))?;
+        let inventory: Inventory = serde_json::from_slice(&body).map_err(|e| fail(&e))?;
+        let found = inventory
+            .vms
+            .iter()
+            .find(|v| v.entity.moref == vm || v.entity.name == vm)
+            .and_then(|v| {
+                v.disks
+                    .iter()
+                    .position(|d| d.key.to_string() == disk.disk_id)
+            });
+        match found {
+            Some(index) => Ok((vm, index)),
+            None => Err(hypersdk_core::Error::not_found(disk.to_string())),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> hypersdk_core::Result<()> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| hypersdk_core::Error::other(format!("vcsim harness {what}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(hypersdk_core::Error::other(format!(
+                "vcsim harness {what}: HTTP {status}: {body}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::conformance::DiskWriter for FlatDiskWriter {
+    async fn write(
+        &self,
+        disk: &hypersdk_core::provider::DiskRef,
+        offset: u64,
+        data: &[u8],
+    ) -> hypersdk_core::Result<()> {
+        let (vm, index) = self.locate(disk).await?;
+        let url = format!(
+            "{}/disk?{}",
+            self.control_url,
+            flat_query(&vm, index, &[("offset", offset)])
+        );
+        self.send(self.http.patch(url).body(data.to_vec()), "disk write")
+            .await
+    }
+
+    async fn discard(
+        &self,
+        disk: &hypersdk_core::provider::DiskRef,
+        range: hypersdk_core::model::Extent,
+    ) -> hypersdk_core::Result<()> {
+        let (vm, index) = self.locate(disk).await?;
+        let url = format!(
+            "{}/disk/zero?{}",
+            self.control_url,
+            flat_query(
+                &vm,
+                index,
+                &[("offset", range.offset), ("length", range.length)]
+            )
+        );
+        self.send(self.http.post(url), "disk zeroing").await
     }
 }

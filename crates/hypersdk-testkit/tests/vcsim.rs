@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use hypersdk_testkit::vcsim::{CutTransfer, DiskFile, LeaseFault, MethodFault, Vcsim, VcsimError};
+use hypersdk_testkit::vcsim::{
+    CbtSettings, CutTransfer, DiskFile, LeaseFault, MethodFault, StarAnswer, Vcsim, VcsimError,
+};
 
 const ENVELOPE_HEAD: &str = concat!(
     r#"<?xml version="1.0" encoding="UTF-8"?>"#,
@@ -606,4 +608,393 @@ async fn plain_http_and_drop_stops_the_process() {
         "the harness process must be gone after drop"
     );
     assert!(!dir.exists(), "the working directory must be removed");
+}
+
+/// Runs a `*_Task` method and returns the task's `info.result` text.
+async fn run_task(soap: &mut Soap, body: &str) -> String {
+    let task = text(&soap.call(body).await.ok(), "returnval");
+    let info = soap.props("Task", &task, &["info"]).await.ok();
+    assert_eq!(text(&info, "state"), "success", "{info}");
+    texts(&info, "result")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+async fn reconfigure_cbt(soap: &mut Soap, vm: &str, on: bool) {
+    run_task(
+        soap,
+        &format!(
+            r#"<ReconfigVM_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this><spec><changeTrackingEnabled>{on}</changeTrackingEnabled></spec></ReconfigVM_Task>"#
+        ),
+    )
+    .await;
+}
+
+async fn snapshot(soap: &mut Soap, vm: &str, name: &str) -> String {
+    run_task(
+        soap,
+        &format!(
+            r#"<CreateSnapshot_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this><name>{name}</name><memory>false</memory><quiesce>false</quiesce></CreateSnapshot_Task>"#
+        ),
+    )
+    .await
+}
+
+/// The `changeId` of the only disk in an object's `config.hardware.device`.
+async fn change_id(soap: &mut Soap, kind: &str, moref: &str) -> Option<String> {
+    let props = soap
+        .props(kind, moref, &["config.hardware.device"])
+        .await
+        .ok();
+    texts(&props, "changeId").into_iter().next()
+}
+
+/// One QueryChangedDiskAreas call: (startOffset, length, areas).
+async fn query_cda(
+    soap: &mut Soap,
+    vm: &str,
+    snapshot: Option<&str>,
+    key: i32,
+    offset: u64,
+    change_id: &str,
+) -> Result<(u64, u64, Vec<(u64, u64)>), Reply> {
+    let snap = snapshot
+        .map(|s| format!(r#"<snapshot type="VirtualMachineSnapshot">{s}</snapshot>"#))
+        .unwrap_or_default();
+    let reply = soap
+        .call(&format!(
+            r#"<QueryChangedDiskAreas xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this>{snap}<deviceKey>{key}</deviceKey><startOffset>{offset}</startOffset><changeId>{}</changeId></QueryChangedDiskAreas>"#,
+            xml_escape(change_id)
+        ))
+        .await;
+    if reply.status != 200 {
+        return Err(reply);
+    }
+    let ret = text(&reply.body, "returnval");
+    let num = |xml: &str, tag: &str| -> u64 { text(xml, tag).parse().expect("a number") };
+    let areas = texts(&ret, "changedArea")
+        .iter()
+        .map(|a| (num(a, "start"), num(a, "length")))
+        .collect();
+    let head = &ret[..ret.find("<changedArea").unwrap_or(ret.len())];
+    Ok((num(head, "startOffset"), num(head, "length"), areas))
+}
+
+const K64: u64 = 64 << 10;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn change_tracking_and_query_changed_disk_areas() {
+    let sim = Vcsim::builder()
+        .autostart(false)
+        .start()
+        .await
+        .expect("start vcsim");
+    let name = "DC0_H0_VM0";
+    // 4 MiB disk: block 0 and blocks 10-11 hold data.
+    let mut flat = vec![0u8; 4 << 20];
+    flat[5] = 1;
+    flat[10 * K64 as usize..12 * K64 as usize].fill(7);
+    let seeded = sim
+        .seed_disk_file(name, 0, DiskFile::Flat, Some(4096), flat)
+        .await
+        .expect("seed");
+    assert_eq!(seeded.change_id, "", "no tracking yet");
+    let vm = seeded.vm.clone();
+    let key = seeded.device_key;
+
+    let mut soap = Soap::new(&sim);
+    soap.login_ok(&sim).await;
+    query_cda(&mut soap, &vm, None, key, 0, "*")
+        .await
+        .expect_err("tracking off")
+        .expect_fault("FileFault");
+
+    reconfigure_cbt(&mut soap, &vm, true).await;
+    let caps = soap
+        .props(
+            "VirtualMachine",
+            &vm,
+            &["capability.changeTrackingSupported"],
+        )
+        .await
+        .ok();
+    assert_eq!(text(&caps, "val"), "true");
+    let c0 = change_id(&mut soap, "VirtualMachine", &vm)
+        .await
+        .expect("a changeId once tracking is on");
+    assert!(c0.ends_with("/0") && c0.starts_with("52 "), "{c0}");
+    let state = sim.cbt_state().await.expect("cbt state");
+    let disk = state.disk(name, key).expect("tracked");
+    assert_eq!(disk.change_id, c0);
+    let allocated: Vec<(u64, u64)> = disk
+        .allocated_at_start
+        .iter()
+        .map(|a| (a.start, a.length))
+        .collect();
+    assert_eq!(allocated, [(0, K64), (10 * K64, 2 * K64)]);
+
+    let s1 = snapshot(&mut soap, &vm, "s1").await;
+    let c1 = change_id(&mut soap, "VirtualMachineSnapshot", &s1)
+        .await
+        .expect("s1 changeId");
+    assert_eq!(c1, c0);
+
+    // Block 1 (a 10-byte write), blocks 48-49 (one write across them),
+    // block 10 zeroed.
+    let w1 = sim
+        .write_disk_at(name, 0, DiskFile::Flat, 100_000, vec![9u8; 10])
+        .await
+        .expect("write");
+    assert!(w1.change_id.ends_with("/1"), "{}", w1.change_id);
+    sim.write_disk_at(name, 0, DiskFile::Flat, 48 * K64 + 5, vec![3u8; 70_000])
+        .await
+        .expect("write");
+    let z = sim
+        .zero_disk_range(name, 0, DiskFile::Flat, 10 * K64, K64)
+        .await
+        .expect("zero");
+    assert!(z.change_id.ends_with("/3"), "{}", z.change_id);
+    let now = sim
+        .read_disk(name, 0, DiskFile::Flat)
+        .await
+        .expect("read flat");
+    assert_eq!(now.len(), 4 << 20);
+    assert!(
+        now[10 * K64 as usize..11 * K64 as usize]
+            .iter()
+            .all(|b| *b == 0)
+    );
+    assert_eq!(now[100_000], 9);
+    // Writes past the capacity are refused.
+    let past = sim
+        .write_disk_at(name, 0, DiskFile::Flat, (4 << 20) - 1, vec![1u8; 2])
+        .await;
+    assert!(
+        matches!(past, Err(VcsimError::Control { status: 400, .. })),
+        "{past:?}"
+    );
+
+    let s2 = snapshot(&mut soap, &vm, "s2").await;
+    let c2 = change_id(&mut soap, "VirtualMachineSnapshot", &s2)
+        .await
+        .expect("s2 changeId");
+    assert_eq!(c2, z.change_id);
+    // s1 still shows the change id of its creation.
+    assert_eq!(
+        change_id(&mut soap, "VirtualMachineSnapshot", &s1).await,
+        Some(c1.clone())
+    );
+
+    let changed = [(K64, K64), (10 * K64, K64), (48 * K64, 2 * K64)];
+    let (start, length, areas) = query_cda(&mut soap, &vm, Some(&s2), key, 0, &c1)
+        .await
+        .map_err(|r| r.body)
+        .expect("query");
+    assert_eq!((start, length), (0, 4 << 20));
+    assert_eq!(areas, changed);
+    let (_, _, areas) = query_cda(&mut soap, &vm, Some(&s2), key, 0, "*")
+        .await
+        .map_err(|r| r.body)
+        .expect("query *");
+    assert_eq!(areas, [(0, 2 * K64), (11 * K64, K64), (48 * K64, 2 * K64)]);
+    let (_, _, areas) = query_cda(&mut soap, &vm, Some(&s1), key, 0, "*")
+        .await
+        .map_err(|r| r.body)
+        .expect("query * at s1");
+    assert_eq!(areas, [(0, K64), (10 * K64, 2 * K64)]);
+    // A later change is not in s2's answer but in the current state's.
+    sim.write_disk_at(name, 0, DiskFile::Flat, 60 * K64, vec![1u8])
+        .await
+        .expect("write");
+    let (_, _, areas) = query_cda(&mut soap, &vm, Some(&s2), key, 0, &c1)
+        .await
+        .map_err(|r| r.body)
+        .expect("query");
+    assert_eq!(areas, changed);
+    let (_, _, areas) = query_cda(&mut soap, &vm, None, key, 0, &c2)
+        .await
+        .map_err(|r| r.body)
+        .expect("query current");
+    assert_eq!(areas, [(60 * K64, K64)]);
+
+    // Windows: 1 MiB at a time, then at most one area per answer.
+    sim.set_cbt(&CbtSettings::default().window_bytes(1 << 20))
+        .await
+        .expect("cbt settings");
+    let mut offset = 0;
+    let mut all = Vec::new();
+    let mut calls = 0;
+    loop {
+        let (start, length, areas) = query_cda(&mut soap, &vm, Some(&s2), key, offset, &c1)
+            .await
+            .map_err(|r| r.body)
+            .expect("query");
+        assert_eq!(start, offset);
+        calls += 1;
+        all.extend(areas);
+        if length == 0 {
+            break;
+        }
+        assert!(length <= 1 << 20);
+        offset += length;
+    }
+    assert_eq!(calls, 5, "4 windows and an empty answer at the end");
+    assert_eq!(all, changed);
+    let cfg = sim
+        .set_cbt(&CbtSettings::default().max_areas(1))
+        .await
+        .expect("cbt settings");
+    assert_eq!((cfg.window_bytes, cfg.max_areas), (1 << 20, 1));
+    let (_, length, areas) = query_cda(&mut soap, &vm, Some(&s2), key, 0, &c1)
+        .await
+        .map_err(|r| r.body)
+        .expect("query");
+    assert_eq!((length, areas), (2 * K64, vec![(K64, K64)]));
+
+    // The "*" answers of other storage.
+    sim.set_cbt(&CbtSettings::default().star(StarAnswer::Whole).max_areas(0))
+        .await
+        .expect("cbt settings");
+    let (_, _, areas) = query_cda(&mut soap, &vm, Some(&s2), key, K64, "*")
+        .await
+        .map_err(|r| r.body)
+        .expect("query *");
+    assert_eq!(areas, [(K64, 1 << 20)]);
+    sim.set_cbt(&CbtSettings::default().star(StarAnswer::Fault))
+        .await
+        .expect("cbt settings");
+    query_cda(&mut soap, &vm, Some(&s2), key, 0, "*")
+        .await
+        .expect_err("* refused")
+        .expect_fault("FileFault");
+
+    // Unknown, newer and foreign change ids; offsets past the end.
+    let bogus = format!("{}/1", "52 00 00 00 00 00 00 00-00 00 00 00 00 00 00 00");
+    for id in [bogus.as_str(), &c2] {
+        query_cda(&mut soap, &vm, Some(&s1), key, 0, id)
+            .await
+            .expect_err("bad change id")
+            .expect_fault("FileFault");
+    }
+    query_cda(&mut soap, &vm, Some(&s2), key, (4 << 20) + 1, &c1)
+        .await
+        .expect_err("past the end")
+        .expect_fault("InvalidArgument");
+    query_cda(&mut soap, &vm, Some(&s2), key + 1, 0, &c1)
+        .await
+        .expect_err("no such disk")
+        .expect_fault("NotFound");
+
+    // Turning tracking off drops the change ids; on again starts afresh.
+    reconfigure_cbt(&mut soap, &vm, false).await;
+    assert_eq!(change_id(&mut soap, "VirtualMachine", &vm).await, None);
+    query_cda(&mut soap, &vm, None, key, 0, &c2)
+        .await
+        .expect_err("tracking off")
+        .expect_fault("FileFault");
+    assert!(sim.cbt_state().await.expect("state").disks.is_empty());
+    reconfigure_cbt(&mut soap, &vm, true).await;
+    let fresh = change_id(&mut soap, "VirtualMachine", &vm)
+        .await
+        .expect("changeId");
+    assert!(fresh.ends_with("/0") && fresh != c0, "{fresh}");
+    query_cda(&mut soap, &vm, None, key, 0, &c2)
+        .await
+        .expect_err("an id from before the reset")
+        .expect_fault("FileFault");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_timeouts_are_enforced() {
+    let sim = Vcsim::builder()
+        .autostart(false)
+        .lease_timeout(Duration::from_secs(2))
+        .start()
+        .await
+        .expect("start vcsim");
+    let inventory = sim.inventory().await.expect("inventory");
+    let vm = inventory.vm("DC0_H0_VM0").expect("vm").entity.moref.clone();
+    sim.seed_disk("DC0_H0_VM0", 0, vec![1u8; 1000])
+        .await
+        .expect("seed");
+    let mut soap = Soap::new(&sim);
+    soap.login_ok(&sim).await;
+    let export_body = format!(
+        r#"<ExportVm xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this></ExportVm>"#
+    );
+    let progress = |lease: &str, percent: u32| {
+        format!(
+            r#"<HttpNfcLeaseProgress xmlns="urn:vim25"><_this type="HttpNfcLease">{}</_this><percent>{percent}</percent></HttpNfcLeaseProgress>"#,
+            xml_escape(lease)
+        )
+    };
+
+    let lease = xml_unescape(&text(&soap.call(&export_body).await.ok(), "returnval"));
+    let info = soap.props("HttpNfcLease", &lease, &["info"]).await.ok();
+    assert_eq!(text(&info, "leaseTimeout"), "2");
+    let url = text(&info, "url").replacen('*', &sim.host_port(), 1);
+    // Kept alive by progress for longer than the timeout.
+    for percent in 0..12 {
+        soap.call(&progress(&lease, percent * 5)).await.ok();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(lease_state(&mut soap, &lease).await, "ready");
+    let status = sim.leases().await.expect("leases");
+    let mine = status.iter().find(|l| l.lease == lease).expect("listed");
+    assert_eq!(
+        (mine.kind.as_str(), mine.progress_calls, mine.last_percent),
+        ("export", 12, 55)
+    );
+    assert_eq!(mine.lease_timeout, 2);
+
+    // Then left alone: it times out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_state(&mut soap, &lease).await != "error" {
+        assert!(Instant::now() < deadline, "the lease never timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = soap.props("HttpNfcLease", &lease, &["error"]).await.ok();
+    assert!(error.contains("Timedout"), "{error}");
+    soap.call(&progress(&lease, 60))
+        .await
+        .expect_fault("Timedout");
+    let http = sim.reqwest_builder().build().expect("client");
+    let get = http.get(&url).send().await.expect("GET");
+    assert_eq!(get.status().as_u16(), 409);
+    let status = sim.leases().await.expect("leases");
+    let mine = status.iter().find(|l| l.lease == lease).expect("listed");
+    assert!(
+        mine.timed_out && mine.fault.as_deref() == Some("Timedout"),
+        "{mine:?}"
+    );
+    soap.call(&format!(
+        r#"<HttpNfcLeaseAbort xmlns="urn:vim25"><_this type="HttpNfcLease">{}</_this></HttpNfcLeaseAbort>"#,
+        xml_escape(&lease)
+    ))
+    .await
+    .ok();
+    assert!(
+        sim.leases()
+            .await
+            .expect("leases")
+            .iter()
+            .all(|l| l.lease != lease)
+    );
+
+    // Expiring on demand, and a longer timeout for new leases.
+    sim.set_lease_timeout(Duration::from_secs(600))
+        .await
+        .expect("timeout");
+    let lease = xml_unescape(&text(&soap.call(&export_body).await.ok(), "returnval"));
+    let info = soap.props("HttpNfcLease", &lease, &["info"]).await.ok();
+    assert_eq!(text(&info, "leaseTimeout"), "600");
+    assert_eq!(sim.expire_leases(Some(&lease)).await.expect("expire"), 1);
+    assert_eq!(lease_state(&mut soap, &lease).await, "error");
+    soap.call(&format!(
+        r#"<HttpNfcLeaseComplete xmlns="urn:vim25"><_this type="HttpNfcLease">{}</_this></HttpNfcLeaseComplete>"#,
+        xml_escape(&lease)
+    ))
+    .await
+    .expect_fault("Timedout");
 }

@@ -204,7 +204,9 @@ impl DiskFile {
     }
 }
 
-/// What `seed_disk` wrote.
+/// What a disk write did: [`seed_disk`](super::Vcsim::seed_disk),
+/// [`write_disk_at`](super::Vcsim::write_disk_at),
+/// [`zero_disk_range`](super::Vcsim::zero_disk_range).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[non_exhaustive]
 pub struct SeededDisk {
@@ -222,10 +224,15 @@ pub struct SeededDisk {
     pub file_name: String,
     /// The file written, on the local file system.
     pub path: String,
-    /// Bytes written.
+    /// Bytes written (or zeroed).
     pub size: u64,
     /// `capacityInKB` after seeding.
     pub capacity_kb: i64,
+    /// The disk backing's `changeId` after the write: a new one when the
+    /// write was recorded as a change set (change tracking on, flat file,
+    /// something changed), else the current one; empty with tracking off.
+    #[serde(default)]
+    pub change_id: String,
 }
 
 /// One NFC upload the harness received (vcsim itself discards them).
@@ -438,4 +445,165 @@ impl Inventory {
     pub fn vm(&self, name: &str) -> Option<&InvVm> {
         self.vms.iter().find(|vm| vm.entity.name == name)
     }
+}
+
+/// How `QueryChangedDiskAreas` answers `changeId="*"` (the initial full
+/// backup form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StarAnswer {
+    /// The disk's allocated areas (non-zero blocks when tracking started,
+    /// plus every block written since, minus blocks zeroed), as on VMFS.
+    /// The default.
+    Allocated,
+    /// One area covering the whole window: what vSphere may answer on
+    /// storage that cannot tell.
+    Whole,
+    /// A `FileFault`: what vSphere may answer on storage that cannot tell.
+    Fault,
+}
+
+/// Changes to the shape of `QueryChangedDiskAreas` answers (fields left
+/// unset are unchanged).
+///
+/// ```
+/// use hypersdk_testkit::vcsim::{CbtSettings, StarAnswer};
+/// // Answers cover at most 1 MiB and at most 3 areas; "*" gives one area.
+/// let s = CbtSettings::default().window_bytes(1 << 20).max_areas(3).star(StarAnswer::Whole);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CbtSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_areas: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    star: Option<StarAnswer>,
+}
+
+impl CbtSettings {
+    /// The most one answer covers (`DiskChangeInfo.length`): a positive
+    /// multiple of the 64 KiB tracking block. Default 64 MiB.
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.window_bytes = Some(bytes);
+        self
+    }
+
+    /// End an answer after this many areas (its `length` then stops at the
+    /// end of the last one); 0 = no limit (the default).
+    pub fn max_areas(mut self, n: u32) -> Self {
+        self.max_areas = Some(n);
+        self
+    }
+
+    /// How `changeId="*"` is answered.
+    pub fn star(mut self, answer: StarAnswer) -> Self {
+        self.star = Some(answer);
+        self
+    }
+}
+
+/// The current shape of `QueryChangedDiskAreas` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct CbtConfig {
+    /// The most one answer covers, in bytes.
+    pub window_bytes: u64,
+    /// Areas per answer at most; 0 = no limit.
+    pub max_areas: u32,
+    /// How `changeId="*"` is answered.
+    pub star: StarAnswer,
+}
+
+/// A byte range of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct ByteArea {
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// One change set recorded on a tracked disk.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct CbtChange {
+    /// Its sequence number (the part after `/` of the change id).
+    pub seq: u64,
+    /// The disk's change id once this change set was recorded.
+    pub change_id: String,
+    /// Blocks written (allocated afterwards), merged into byte areas.
+    pub written: Vec<ByteArea>,
+    /// Blocks zeroed (not allocated afterwards), merged into byte areas.
+    pub trimmed: Vec<ByteArea>,
+}
+
+/// One disk with change tracking on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct CbtDisk {
+    /// VM moref value.
+    pub vm: String,
+    /// VM name.
+    pub vm_name: String,
+    /// `VirtualDisk.key`.
+    pub device_key: i32,
+    /// The current change id (`52 3c … 4a/3`).
+    pub change_id: String,
+    /// Change sets recorded so far.
+    pub seq: u64,
+    /// The tracking granularity in bytes (64 KiB).
+    pub block_size: u64,
+    /// The non-zero blocks of the flat file when tracking started.
+    pub allocated_at_start: Vec<ByteArea>,
+    /// Every change set, oldest first.
+    pub changes: Vec<CbtChange>,
+}
+
+/// What the harness's change tracking holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct CbtState {
+    /// The answer shape.
+    pub config: CbtConfig,
+    /// Tracked disks, by VM name then device key.
+    pub disks: Vec<CbtDisk>,
+}
+
+impl CbtState {
+    /// The tracked disk `device_key` of the VM named (or with moref value)
+    /// `vm`.
+    pub fn disk(&self, vm: &str, device_key: i32) -> Option<&CbtDisk> {
+        self.disks
+            .iter()
+            .find(|d| (d.vm_name == vm || d.vm == vm) && d.device_key == device_key)
+    }
+}
+
+/// One live NFC lease (export or import) as the harness sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct LeaseStatus {
+    /// The lease moref value.
+    pub lease: String,
+    /// `export` (ExportVm/ExportSnapshot) or `import` (ImportVApp).
+    pub kind: String,
+    /// The VM moref value.
+    pub entity: String,
+    /// `initializing`, `ready`, `done` or `error`.
+    pub state: String,
+    /// The fault type of a lease in `error` (`Timedout` after a timeout).
+    #[serde(default)]
+    pub fault: Option<String>,
+    /// `info.leaseTimeout` in seconds (0: not enforced).
+    pub lease_timeout: u64,
+    /// `HttpNfcLeaseProgress` calls received.
+    pub progress_calls: u64,
+    /// The last percentage reported.
+    pub last_percent: i32,
+    /// Milliseconds since the lease was last renewed (or became ready).
+    pub ms_since_renewal: i64,
+    /// Whether it timed out.
+    pub timed_out: bool,
 }

@@ -132,7 +132,7 @@ func main() {
 		pg           = flag.Int("pg", -1, "distributed portgroups per datacenter")
 		autostart    = flag.Bool("autostart", true, "power on the model's VMs")
 		idle         = flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (0: never)")
-		leaseTimeout = flag.Int("lease-timeout", 300, "leaseTimeout (seconds) reported by export leases")
+		leaseTimeout = flag.Int("lease-timeout", 300, "leaseTimeout (seconds) of NFC leases, enforced: no HttpNfcLeaseProgress for that long fails the lease (0: not enforced)")
 		trace        = flag.Bool("trace", false, "dump SOAP traffic to stderr")
 		workdir      = flag.String("workdir", "", "directory for the datastores (default $TMPDIR); removed on exit")
 		stdinEOF     = flag.Bool("exit-on-stdin-eof", false, "exit when stdin reaches EOF")

@@ -24,8 +24,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 	vimxml "github.com/vmware/govmomi/vim25/xml"
@@ -38,8 +40,10 @@ type HarnessConfig struct {
 	// SSLThumbprint is the SHA-1 thumbprint (colon hex) of the server
 	// certificate, put in ExportVm deviceUrl.sslThumbprint. Empty without TLS.
 	SSLThumbprint string
-	// LeaseTimeout is HttpNfcLeaseInfo.leaseTimeout (seconds) of export
-	// leases. It is reported, not enforced.
+	// LeaseTimeout is HttpNfcLeaseInfo.leaseTimeout (seconds) of every NFC
+	// lease, enforced: a ready lease without HttpNfcLeaseProgress for this
+	// long goes to state error with a Timedout fault (hypersdk_leases.go).
+	// 0 disables the enforcement.
 	LeaseTimeout int32
 }
 
@@ -117,14 +121,19 @@ var harness = &Harness{
 	calls: make(map[string]int),
 }
 
+var startWatcher sync.Once
+
 // NewHarness configures the global harness and returns it as the handler of
 // the public server. s must have been started with NewServer (which
-// registers vcsim's handlers on s.ServeMux).
+// registers vcsim's handlers on s.ServeMux). It also starts the lease
+// timeout watcher.
 func NewHarness(s *Service, cfg HarnessConfig) *Harness {
 	harness.mu.Lock()
 	harness.cfg = cfg
 	harness.svc = s
 	harness.mu.Unlock()
+	SyncChangeTracking()
+	startWatcher.Do(func() { go harness.watchLeases() })
 	return harness
 }
 
@@ -158,6 +167,12 @@ func (h *Harness) leaseTimeoutSeconds() int32 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.cfg.LeaseTimeout
+}
+
+func (h *Harness) setLeaseTimeoutSeconds(n int32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cfg.LeaseTimeout = n
 }
 
 func (h *Harness) takeLeaseRule() *LeaseRule {
@@ -255,7 +270,7 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		name := soapMethodName(body)
+		name, args := soapCall(body)
 		if rule := h.takeMethodRule(name); rule != nil {
 			if rule.DelayMs > 0 {
 				time.Sleep(time.Duration(rule.DelayMs) * time.Millisecond)
@@ -277,28 +292,77 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+		switch name {
+		case "HttpNfcLeaseProgress", "HttpNfcLeaseComplete":
+			if err := h.leaseCall(name, args); err != nil {
+				log.Printf("hypersdk: %s on a timed-out lease: %s", name, err)
+				writeSoapFault(w, Fault(err.Error(), &types.Timedout{}))
+				return
+			}
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
+		h.svc.ServeMux.ServeHTTP(w, r)
+		// Before the (buffered) answer leaves: start or stop change
+		// tracking after a reconfiguration, give new leases their timeout.
+		if strings.HasSuffix(name, "_Task") || name == "ImportVApp" {
+			SyncChangeTracking()
+		}
+		switch name {
+		case "ImportVApp", "ExportVm", "ExportSnapshot":
+			h.scanLeases()
+		}
+		return
 	}
 
 	h.svc.ServeMux.ServeHTTP(w, r)
 }
 
-// soapMethodName returns the local name of the first element in the SOAP Body.
-func soapMethodName(body []byte) string {
+// soapCall returns the local name of the first element in the SOAP Body
+// (the method) and the text of its simple child elements (the arguments,
+// e.g. "_this" and "percent"; the first of repeated ones).
+func soapCall(body []byte) (string, map[string]string) {
 	d := xml.NewDecoder(bytes.NewReader(body))
-	inBody := false
+	args := make(map[string]string)
+	method := ""
+	depth := 0 // 1 = inside the method element, 2 = inside an argument
+	arg := ""
+	var text strings.Builder
 	for {
 		tok, err := d.Token()
 		if err != nil {
-			return ""
+			return method, args
 		}
-		if se, ok := tok.(xml.StartElement); ok {
-			if inBody {
-				return se.Name.Local
+		switch t := tok.(type) {
+		case xml.StartElement:
+			switch {
+			case method == "" && depth == 0 && t.Name.Local == "Body":
+				depth = -1
+			case depth == -1:
+				method = t.Name.Local
+				depth = 1
+			case depth >= 1:
+				depth++
+				if depth == 2 {
+					arg = t.Name.Local
+					text.Reset()
+				}
 			}
-			if se.Name.Local == "Body" {
-				inBody = true
+		case xml.CharData:
+			if depth == 2 {
+				text.Write(t)
+			}
+		case xml.EndElement:
+			switch {
+			case depth == 2:
+				if _, ok := args[arg]; !ok {
+					args[arg] = strings.TrimSpace(text.String())
+				}
+				depth = 1
+			case depth > 2:
+				depth--
+			case depth == 1:
+				return method, args
 			}
 		}
 	}
@@ -492,6 +556,9 @@ func (h *Harness) serveNFC(w http.ResponseWriter, r *http.Request) {
 		h.uploads = append(h.uploads, up)
 		h.mu.Unlock()
 		log.Printf("hypersdk: nfc %s %s: %d bytes (complete=%v)", r.Method, file, n, up.Complete)
+		if n > 0 {
+			recordUpload(entity, file)
+		}
 		if errors.Is(err, errCut) {
 			panic(http.ErrAbortHandler)
 		}
@@ -552,8 +619,47 @@ func (h *Harness) serveControl(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, map[string]bool{"ok": true})
 	case route == "inventory" && r.Method == http.MethodGet:
 		writeJSON(w, 200, BuildInventory())
-	case route == "disk" && (r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodPut):
+	case route == "disk" && (r.Method == http.MethodGet || r.Method == http.MethodHead ||
+		r.Method == http.MethodPut || r.Method == http.MethodPatch):
 		h.serveDisk(w, r)
+	case route == "disk/zero" && r.Method == http.MethodPost:
+		h.serveDiskZero(w, r)
+	case route == "cbt" && r.Method == http.MethodGet:
+		writeJSON(w, 200, cbtView())
+	case route == "cbt" && r.Method == http.MethodPost:
+		var u cbtConfigUpdate
+		if err := decodeJSON(r, &u); err != nil {
+			controlError(w, 400, "bad cbt config: %s", err)
+			return
+		}
+		cfg, err := updateCBTConfig(u)
+		if err != nil {
+			controlError(w, 400, "%s", err)
+			return
+		}
+		writeJSON(w, 200, cfg)
+	case route == "leases" && r.Method == http.MethodGet:
+		h.scanLeases()
+		writeJSON(w, 200, leaseViews())
+	case route == "leases/expire" && r.Method == http.MethodPost:
+		var req struct {
+			Lease string `json:"lease"`
+		}
+		if err := decodeJSON(r, &req); err != nil && err != io.EOF {
+			controlError(w, 400, "bad lease expiry: %s", err)
+			return
+		}
+		writeJSON(w, 200, map[string]int{"expired": h.expireLeases(req.Lease)})
+	case route == "leases/timeout" && r.Method == http.MethodPost:
+		var req struct {
+			Seconds *int32 `json:"seconds"`
+		}
+		if err := decodeJSON(r, &req); err != nil || req.Seconds == nil || *req.Seconds < 0 {
+			controlError(w, 400, "want {\"seconds\": N} with N >= 0 (0: not enforced)")
+			return
+		}
+		h.setLeaseTimeoutSeconds(*req.Seconds)
+		writeJSON(w, 200, map[string]int32{"seconds": *req.Seconds})
 	case route == "faults" && r.Method == http.MethodGet:
 		h.mu.Lock()
 		v := map[string]interface{}{
@@ -668,38 +774,38 @@ func findVM(id string) *VirtualMachine {
 	return nil
 }
 
-// serveDisk reads (GET) or seeds (PUT) one disk file of a VM:
-// ?vm=<name or moref>&disk=<index among the VM's disks>[&file=flat][&capacity_kb=N].
-func (h *Harness) serveDisk(w http.ResponseWriter, r *http.Request) {
+// diskTarget is the file a disk control request works on.
+type diskTarget struct {
+	vm    *VirtualMachine
+	index int
+	key   int32
+	flat  bool
+	path  string
+}
+
+// resolveDisk reads ?vm=<name or moref>&disk=<index among the VM's
+// disks>[&file=backing|flat]; on failure it has answered the request.
+func resolveDisk(w http.ResponseWriter, r *http.Request) (*diskTarget, bool) {
 	q := r.URL.Query()
 	vm := findVM(q.Get("vm"))
 	if vm == nil {
 		controlError(w, 404, "no VM named %q", q.Get("vm"))
-		return
+		return nil, false
 	}
 	index, err := strconv.Atoi(q.Get("disk"))
 	if err != nil || index < 0 {
 		controlError(w, 400, "disk must be a disk index (0, 1, ...)")
-		return
+		return nil, false
 	}
-	flat := false
+	t := &diskTarget{vm: vm, index: index}
 	switch q.Get("file") {
 	case "", "backing":
 	case "flat":
-		flat = true
+		t.flat = true
 	default:
 		controlError(w, 400, "file must be backing or flat")
-		return
+		return nil, false
 	}
-	var capacityKB int64
-	if s := q.Get("capacity_kb"); s != "" {
-		capacityKB, err = strconv.ParseInt(s, 10, 64)
-		if err != nil || capacityKB <= 0 {
-			controlError(w, 400, "capacity_kb must be a positive integer")
-			return
-		}
-	}
-
 	var disk exportDisk
 	var fault types.BaseMethodFault
 	found := false
@@ -712,19 +818,79 @@ func (h *Harness) serveDisk(w http.ResponseWriter, r *http.Request) {
 	})
 	if fault != nil {
 		controlError(w, 500, "resolving disks of %s: %T", vm.Name, fault)
-		return
+		return nil, false
 	}
 	if !found {
 		controlError(w, 404, "VM %s has no disk %d", vm.Name, index)
+		return nil, false
+	}
+	t.key = disk.disk.Key
+	t.path = disk.file
+	if t.flat {
+		t.path = strings.TrimSuffix(t.path, ".vmdk") + "-flat.vmdk"
+	}
+	return t, true
+}
+
+// currentDisk is the VM's disk device now (disks are replaced, not
+// modified, when their changeId changes). Call with the VM locked.
+func (t *diskTarget) currentDisk() *types.VirtualDisk {
+	return findDisk(t.vm.Config.Hardware.Device, t.key)
+}
+
+// answer writes the JSON every disk write returns. Call with the VM locked.
+func (t *diskTarget) answer(size int64, changeID string) map[string]interface{} {
+	out := map[string]interface{}{
+		"vm":      t.vm.Self.Value,
+		"vm_name": t.vm.Name,
+		"disk":    t.index,
+		"path":    t.path,
+		"size":    size,
+	}
+	if d := t.currentDisk(); d != nil {
+		out["device_key"] = d.Key
+		out["file_name"] = backingFileName(d)
+		out["capacity_kb"] = d.CapacityInKB
+		out["change_id"] = backingChangeID(d)
+		list := object.VirtualDeviceList(t.vm.Config.Hardware.Device)
+		out["export_key"] = deviceKey(t.vm, list, d)
+	}
+	if changeID != "" {
+		out["change_id"] = changeID
+	}
+	return out
+}
+
+func parseNonNegative(r *http.Request, name string, required bool) (int64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		if required {
+			return 0, fmt.Errorf("%s is required", name)
+		}
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s must be a non-negative integer", name)
+	}
+	return n, nil
+}
+
+// serveDisk reads (GET/HEAD), seeds (PUT) or writes a range of (PATCH) one
+// disk file of a VM. Writes to the flat file of a disk with change tracking
+// on are recorded as a change set.
+func (h *Harness) serveDisk(w http.ResponseWriter, r *http.Request) {
+	t, ok := resolveDisk(w, r)
+	if !ok {
 		return
 	}
-	target := disk.file
-	if flat {
-		target = strings.TrimSuffix(target, ".vmdk") + "-flat.vmdk"
-	}
-
-	if r.Method != http.MethodPut {
-		f, err := os.Open(target)
+	switch r.Method {
+	case http.MethodPut:
+		h.putDisk(w, r, t)
+	case http.MethodPatch:
+		h.patchDisk(w, r, t)
+	default:
+		f, err := os.Open(t.path)
 		if err != nil {
 			controlError(w, 404, "%s", err)
 			return
@@ -732,48 +898,217 @@ func (h *Harness) serveDisk(w http.ResponseWriter, r *http.Request) {
 		defer f.Close()
 		st, _ := f.Stat()
 		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, filepath.Base(target), st.ModTime(), f)
-		return
+		http.ServeContent(w, r, filepath.Base(t.path), st.ModTime(), f)
 	}
+}
 
-	tmp, err := os.CreateTemp(filepath.Dir(target), ".seed-*")
+// putDisk replaces the file with the body (atomically); capacity_kb also
+// sets the disk's capacityInKB. On a tracked flat file the blocks whose
+// content differs are recorded.
+func (h *Harness) putDisk(w http.ResponseWriter, r *http.Request, t *diskTarget) {
+	var capacityKB int64
+	if s := r.URL.Query().Get("capacity_kb"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n <= 0 {
+			controlError(w, 400, "capacity_kb must be a positive integer")
+			return
+		}
+		capacityKB = n
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(t.path), ".seed-*")
 	if err != nil {
 		controlError(w, 500, "%s", err)
 		return
 	}
+	defer os.Remove(tmp.Name())
 	n, err := io.Copy(tmp, r.Body)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), target)
-	}
 	if err != nil {
-		_ = os.Remove(tmp.Name())
-		controlError(w, 500, "seeding %s: %s", target, err)
+		controlError(w, 500, "seeding %s: %s", t.path, err)
 		return
 	}
 
-	Map.WithLock(vm, func() {
-		if capacityKB > 0 {
-			disk.disk.CapacityInKB = capacityKB
-			if disk.disk.CapacityInBytes != 0 {
-				disk.disk.CapacityInBytes = capacityKB * 1024
+	var out map[string]interface{}
+	Map.WithLock(t.vm, func() {
+		var written, trimmed []int64
+		tracked := t.flat && trackingEnabled(t.vm)
+		if tracked {
+			written, trimmed, err = diffBlocks(t.path, tmp.Name())
+			if err != nil {
+				return
 			}
 		}
-		_ = vm.updateDiskLayouts()
+		if err = os.Rename(tmp.Name(), t.path); err != nil {
+			return
+		}
+		if capacityKB > 0 {
+			replaceDisk(t.vm, t.key, func(d *types.VirtualDisk) *types.VirtualDisk {
+				nd := *d
+				nd.CapacityInKB = capacityKB
+				if nd.CapacityInBytes != 0 {
+					nd.CapacityInBytes = capacityKB * 1024
+				}
+				return &nd
+			})
+		}
+		_ = t.vm.updateDiskLayouts()
+		changeID := ""
+		if tracked && len(written)+len(trimmed) > 0 {
+			changeID = recordChange(t.vm, t.key, written, trimmed)
+		}
+		out = t.answer(n, changeID)
 	})
+	if err != nil {
+		controlError(w, 500, "seeding %s: %s", t.path, err)
+		return
+	}
+	writeJSON(w, 200, out)
+}
 
-	backing := disk.disk.Backing.(types.BaseVirtualDeviceFileBackingInfo).GetVirtualDeviceFileBackingInfo()
-	writeJSON(w, 200, map[string]interface{}{
-		"vm":          vm.Self.Value,
-		"vm_name":     vm.Name,
-		"disk":        index,
-		"device_key":  disk.disk.Key,
-		"export_key":  disk.key,
-		"file_name":   backing.FileName,
-		"path":        target,
-		"size":        n,
-		"capacity_kb": disk.disk.CapacityInKB,
+// patchDisk writes the body at ?offset=N into the file (which grows if
+// needed). On a tracked flat file every block the write touches is
+// recorded, changed bytes or not, as CBT does for guest writes. Writes to
+// a flat file may not pass the disk's capacity.
+func (h *Harness) patchDisk(w http.ResponseWriter, r *http.Request, t *diskTarget) {
+	offset, err := parseNonNegative(r, "offset", true)
+	if err != nil {
+		controlError(w, 400, "%s", err)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		controlError(w, 400, "reading the body: %s", err)
+		return
+	}
+	status := 500
+	var out map[string]interface{}
+	Map.WithLock(t.vm, func() {
+		d := t.currentDisk()
+		if d == nil {
+			status, err = 404, fmt.Errorf("the disk is gone")
+			return
+		}
+		if capacity := diskCapacity(d); t.flat && offset+int64(len(body)) > capacity {
+			status, err = 400, fmt.Errorf("writing %d bytes at %d passes the disk's capacity (%d bytes)", len(body), offset, capacity)
+			return
+		}
+		var f *os.File
+		f, err = os.OpenFile(t.path, os.O_WRONLY|os.O_CREATE, 0o600)
+		if err != nil {
+			return
+		}
+		_, err = f.WriteAt(body, offset)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return
+		}
+		_ = t.vm.updateDiskLayouts()
+		changeID := ""
+		if t.flat && len(body) > 0 {
+			changeID = recordChange(t.vm, t.key, blocksIn(offset, int64(len(body))), nil)
+		}
+		out = t.answer(int64(len(body)), changeID)
 	})
+	if err != nil {
+		controlError(w, status, "writing %s: %s", t.path, err)
+		return
+	}
+	writeJSON(w, 200, out)
+}
+
+// serveDiskZero zeroes ?offset=N&length=M of a disk file (punching a hole
+// where the file system can, writing zeros otherwise). On a tracked flat
+// file every block touched is recorded: blocks that read as zeros
+// afterwards as trimmed, the others (partly zeroed) as written.
+func (h *Harness) serveDiskZero(w http.ResponseWriter, r *http.Request) {
+	t, ok := resolveDisk(w, r)
+	if !ok {
+		return
+	}
+	offset, err := parseNonNegative(r, "offset", true)
+	if err == nil {
+		var length int64
+		length, err = parseNonNegative(r, "length", true)
+		if err == nil {
+			h.zeroDisk(w, t, offset, length)
+			return
+		}
+	}
+	controlError(w, 400, "%s", err)
+}
+
+func (h *Harness) zeroDisk(w http.ResponseWriter, t *diskTarget, offset, length int64) {
+	var err error
+	var out map[string]interface{}
+	Map.WithLock(t.vm, func() {
+		var f *os.File
+		f, err = os.OpenFile(t.path, os.O_RDWR, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		var st os.FileInfo
+		if st, err = f.Stat(); err != nil {
+			return
+		}
+		end := offset + length
+		if end > st.Size() {
+			end = st.Size()
+		}
+		if end <= offset {
+			out = t.answer(0, "")
+			return
+		}
+		if err = zeroRange(f, offset, end-offset); err != nil {
+			return
+		}
+		var written, trimmed []int64
+		buf := make([]byte, cbtBlockSize)
+		for _, b := range blocksIn(offset, end-offset) {
+			n, rerr := f.ReadAt(buf, b*cbtBlockSize)
+			if rerr != nil && rerr != io.EOF {
+				err = rerr
+				return
+			}
+			if isZero(buf[:n]) {
+				trimmed = append(trimmed, b)
+			} else {
+				written = append(written, b)
+			}
+		}
+		changeID := ""
+		if t.flat {
+			changeID = recordChange(t.vm, t.key, written, trimmed)
+		}
+		out = t.answer(end-offset, changeID)
+	})
+	if err != nil {
+		controlError(w, 500, "zeroing %s: %s", t.path, err)
+		return
+	}
+	writeJSON(w, 200, out)
+}
+
+// zeroRange punches a hole (FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE) or
+// writes zeros where that is refused.
+func zeroRange(f *os.File, offset, length int64) error {
+	if err := syscall.Fallocate(int(f.Fd()), 0x2|0x1, offset, length); err == nil {
+		return nil
+	}
+	zeros := make([]byte, 1<<20)
+	for done := int64(0); done < length; {
+		n := length - done
+		if n > int64(len(zeros)) {
+			n = int64(len(zeros))
+		}
+		if _, err := f.WriteAt(zeros[:n], offset+done); err != nil {
+			return err
+		}
+		done += n
+	}
+	return nil
 }

@@ -160,6 +160,7 @@ func newExportLease(ctx *Context, vm *VirtualMachine, devices []types.BaseVirtua
 
 	lease := NewHttpNfcLease(ctx, vm.Self)
 	ref := lease.Reference()
+	markExportLease(ref)
 
 	info := &types.HttpNfcLeaseInfo{
 		Lease:        ref,
