@@ -39,13 +39,18 @@
 //!   the client runs it: module-level `requests.post`/`head`/`get` (a new
 //!   connection per chunk, no process spawn), `stream=True`, 1 MiB pieces
 //!   written after a seek. This is the closest to the python client
-//!   itself, for reference; the goal is stated against the `curl` way.
+//!   itself: the fair baseline. The `curl` way is the one the goal names,
+//!   but it pays two process spawns per chunk that the python client does
+//!   not (measured: about 3.5× slower than the requests loop), so its
+//!   ratio overstates the gain; both ratios are printed.
 //!
-//! Each output's SHA-256 must equal that of the server's snapshot file.
+//! Tools run interleaved, each round starting with the next tool. Each
+//! output's SHA-256 must equal that of the server's snapshot file.
 //! Printed per tool: the best wall time of the rounds, bytes the server
 //! sent, TCP connections it accepted, requests, peak RSS (GNU `time -f %M`
 //! of the child; for the python way the largest of its processes), and the
-//! speed-up of hypersdk over the python way (goal: at least 1.5×).
+//! speed-up of hypersdk over the curl way and over the requests loop
+//! (goal: at least 1.5×).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -526,7 +531,11 @@ async fn compare_in(
 
     let mut rows: Vec<Row> = Vec::new();
     for round in 1..=runs {
-        for (tool, argv, out_dir) in &tools {
+        // Interleaved, and each round starts with the next tool, so that no
+        // tool always runs first (cold) or last.
+        let mut order: Vec<&(&'static str, Vec<String>, PathBuf)> = tools.iter().collect();
+        order.rotate_left((round as usize - 1) % tools.len());
+        for (tool, argv, out_dir) in order {
             let _ = std::fs::remove_dir_all(out_dir);
             exporter.reset_stats();
             eprintln!("round {round}: running {tool}");
@@ -589,6 +598,10 @@ async fn compare_in(
         .iter()
         .find(|r| r.tool.starts_with("python way"))
         .map(|r| r.seconds);
+    let requests = rows
+        .iter()
+        .find(|r| r.tool.starts_with("python requests"))
+        .map(|r| r.seconds);
     for r in &rows {
         let _ = writeln!(
             stdout,
@@ -602,19 +615,37 @@ async fn compare_in(
             python.map_or(f64::NAN, |p| p / r.seconds),
         );
     }
-    if let (Some(h), Some(p)) = (rows.first(), python) {
+    if let (Some(h), Some(p)) = (rows.iter().find(|r| r.tool.starts_with("hypersdk")), python) {
+        let verdict = |ratio: f64| if ratio >= 1.5 { "MET" } else { "NOT MET" };
         let ratio = p / h.seconds;
         let _ = writeln!(
             stdout,
-            "\ngoal: hypersdk >= 1.5x faster than the python way: {ratio:.2}x {}",
-            if ratio >= 1.5 { "MET" } else { "NOT MET" }
+            "\ngoal: hypersdk >= 1.5x faster than the python way (curl -r per chunk): {ratio:.2}x {}",
+            verdict(ratio)
         );
-        if let Some(r) = rows.iter().find(|r| r.tool.starts_with("python requests")) {
-            let _ = writeln!(
-                stdout,
-                "hypersdk vs the python requests loop (reference): {:.2}x",
-                r.seconds / h.seconds
-            );
+        // The curl way pays two process spawns (curl, dd) per chunk, which
+        // the python client does not: its own loop (a new connection per
+        // chunk through requests) is the fair baseline when it can run.
+        match requests {
+            Some(r) => {
+                let ratio = r / h.seconds;
+                let _ = writeln!(
+                    stdout,
+                    "fair baseline, the python client's own loop (requests, a new connection per \
+                     chunk, no process spawn): {ratio:.2}x {}; the curl way is {:.2}x slower \
+                     than it, so its ratio above overstates the gain",
+                    verdict(ratio),
+                    p / r
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    stdout,
+                    "note: the curl way spawns curl and dd per chunk, which the python client \
+                     does not: the ratio above overstates the gain; install python3-requests to \
+                     measure the python client's own loop"
+                );
+            }
         }
         let same = rows.iter().all(|r| r.bytes == h.bytes);
         let _ = writeln!(

@@ -70,12 +70,26 @@ pub(crate) struct Token {
 
 impl Token {
     /// A token just received: `renew_at` from its `exp`.
+    ///
+    /// A token whose `exp` has already passed by this machine's clock when
+    /// it arrives says that the clocks disagree (the exporter just issued
+    /// it): it is then used until a `401`, like a token without `exp`,
+    /// rather than logging in again before every request.
     pub(crate) fn new(value: String, generation: u64) -> Token {
         let now = unix_now();
-        let renew_at = jwt_expiry(&value).map(|exp| {
+        let renew_at = jwt_expiry(&value).and_then(|exp| {
             let exp = Duration::from_secs(exp);
-            let lifetime = exp.saturating_sub(now);
-            exp.saturating_sub(renew_margin(lifetime))
+            if exp <= now {
+                tracing::warn!(
+                    exp = exp.as_secs(),
+                    now = now.as_secs(),
+                    "the OVM exporter issued a token that is already expired by this machine's \
+                     clock: the clocks disagree; the token is used until it is refused"
+                );
+                return None;
+            }
+            let lifetime = exp - now;
+            Some(exp.saturating_sub(renew_margin(lifetime)))
         });
         Token {
             value,
@@ -189,8 +203,16 @@ mod tests {
         // Renewed 5 minutes before exp at most.
         let at = long.renew_at.unwrap().as_secs();
         assert!(at >= now + 7 * 86400 - 300 && at < now + 7 * 86400);
-        let expired = Token::new(jwt(&format!(r#"{{"exp":{}}}"#, now.saturating_sub(1))), 2);
-        assert!(!expired.is_fresh());
+        // Expired on arrival: the clocks disagree; used until a 401 rather
+        // than renewed before every request.
+        let skewed = Token::new(jwt(&format!(r#"{{"exp":{}}}"#, now.saturating_sub(1))), 2);
+        assert!(skewed.is_fresh() && skewed.renew_at.is_none());
+        // A token that expires while cached is renewed.
+        let stale = Token {
+            renew_at: Some(Duration::from_secs(now.saturating_sub(1))),
+            ..long.clone()
+        };
+        assert!(!stale.is_fresh());
         let no_exp = Token::new("opaque".into(), 3);
         assert!(no_exp.is_fresh());
         assert_eq!(

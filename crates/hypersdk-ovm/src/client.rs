@@ -817,6 +817,10 @@ impl OvmClient {
     /// error listing them. A timeout is not retried: the exporter may
     /// still be creating the snapshot.
     ///
+    /// The exporter records no creator, so the check cannot tell this
+    /// call's snapshot from one another client created in the same moment
+    /// while this call's was lost: run one backup of a VM at a time.
+    ///
     /// # Errors
     ///
     /// `NotFound` for an unknown VM; [`Error::InvalidInput`] when the VM

@@ -420,8 +420,7 @@ impl OvmProvider {
         })
     }
 
-    /// The raw chunks of one disk in snapshot `id` (`None`: the snapshot
-    /// has no such disk).
+    /// Snapshot `id` of the VM with its raw (unsquashed) chunks.
     async fn raw_snapshot(&self, vm_id: &str, id: &str) -> Result<VmSnapshot> {
         self.client.snapshot(vm_id, id, &SnapshotQuery::raw()).await
     }

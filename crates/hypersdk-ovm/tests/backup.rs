@@ -82,10 +82,29 @@ struct Guest<'a> {
     touched: Touched,
 }
 
-impl Guest<'_> {
+impl<'a> Guest<'a> {
+    /// A guest of `vm` whose disks hold [`initial_contents`].
+    fn with_initial_contents(exporter: &'a OvmExporter, vm: &str, seed: u64) -> Self {
+        let mut g = Guest {
+            exporter,
+            vm: vm.to_string(),
+            rng: Rng(seed),
+            touched: Touched::default(),
+        };
+        initial_contents(&mut g);
+        g
+    }
+
     fn write(&mut self, disk: &str, offset: u64, len: u64) {
         let data = self.rng.bytes(len);
         self.exporter.write(&self.vm, disk, offset, &data).unwrap();
+        self.touched.of(disk).push(Extent::new(offset, len));
+    }
+
+    /// Zeros written as data: allocated on the exporter, holes in a backup.
+    fn write_zeros(&mut self, disk: &str, offset: u64, len: u64) {
+        let zeros = vec![0u8; len as usize];
+        self.exporter.write(&self.vm, disk, offset, &zeros).unwrap();
         self.touched.of(disk).push(Extent::new(offset, len));
     }
 
@@ -153,6 +172,8 @@ fn initial_contents(g: &mut Guest<'_>) {
         g.random_write(DISK_A, SIZE_A, 40 * K);
         g.random_write(DISK_B, SIZE_B, 40 * K);
     }
+    // Zeros the guest wrote: data to the exporter, holes in the images.
+    g.write_zeros(DISK_A, 22 * MIB + 128 * K, 512 * K);
 }
 
 async fn sha256(path: &std::path::Path) -> Checksum {
@@ -161,6 +182,46 @@ async fn sha256(path: &std::path::Path) -> Checksum {
         .unwrap()
         .get(Algorithm::Sha256)
         .unwrap()
+}
+
+/// The bytes of the snapshot's allocated extents that are not all-zero
+/// `SparseFile::BLOCK_SIZE` blocks: the most a sparse image may allocate.
+fn nonzero_allocated(file: &[u8], allocated: &ExtentList) -> u64 {
+    let block = hypersdk_core::blocks::SparseFile::BLOCK_SIZE;
+    let blocks = allocated.align_out(block).unwrap();
+    let mut n = 0;
+    for e in blocks.iter() {
+        let mut at = e.offset;
+        while at < e.end() {
+            let end = (at + block).min(file.len() as u64);
+            if file[at as usize..end as usize].iter().any(|&b| b != 0) {
+                n += end - at;
+            }
+            at += block;
+        }
+    }
+    n
+}
+
+/// Every image is sparse: its all-zero blocks are holes (for images the
+/// test did not rewrite itself).
+async fn assert_images_sparse(exporter: &OvmExporter, backup: &OvmBackup, vm: &str) {
+    let state = backup.state().await.unwrap().unwrap();
+    let snapshot = state.snapshot_id.clone().unwrap();
+    for disk in &state.disks {
+        let server = exporter
+            .snapshot_disk_path(vm, &snapshot, &disk.name)
+            .unwrap();
+        let file = std::fs::read(&server).unwrap();
+        let allocated = chunks_to_extents(&disk.chunks(), disk.size);
+        let nonzero = nonzero_allocated(&file, &allocated);
+        let on_disk = allocated_size(backup.image_path(&disk.name)).unwrap();
+        assert!(
+            on_disk <= nonzero + 64 * K,
+            "{}: {on_disk} bytes allocated for {nonzero} non-zero bytes",
+            disk.name
+        );
+    }
 }
 
 /// Every image equals the server's snapshot file and its recorded SHA-256.
@@ -196,13 +257,7 @@ fn server_diff(old: &[Chunk], new: &[Chunk], size: u64) -> ExtentList {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_then_three_incrementals_equal_the_server_snapshots() {
     let (exporter, vm) = exporter().await;
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(7),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    let mut g = Guest::with_initial_contents(&exporter, &vm, 7);
     let dir = tempfile::tempdir().unwrap();
     let backup =
         OvmBackup::new(client(&exporter), dir.path().join("web01")).with_options(options());
@@ -216,14 +271,15 @@ async fn full_then_three_incrementals_equal_the_server_snapshots() {
     for (disk, report) in state.disks.iter().zip(&full.disks) {
         let allocated = chunks_to_extents(&disk.chunks(), disk.size).total_bytes();
         assert_eq!(report.bytes_fetched, allocated, "{}", disk.name);
-        // Sparse: no more space than the data takes (plus block rounding).
-        let on_disk = allocated_size(backup.image_path(&disk.name)).unwrap();
-        assert!(
-            on_disk <= allocated + 64 * K,
-            "{}: {on_disk} > {allocated}",
-            disk.name
-        );
     }
+    // The zeros the guest wrote were fetched but left as holes.
+    let zeros = 512 * K;
+    let on_disk = allocated_size(backup.image_path(DISK_A)).unwrap();
+    assert!(
+        on_disk + zeros <= full.disks[0].allocated_bytes + 64 * K,
+        "{on_disk} bytes allocated for {} fetched with {zeros} of zeros",
+        full.disks[0].allocated_bytes
+    );
     assert_eq!(exporter.stats().data_bytes, full.bytes_fetched());
 
     let mut previous = full.snapshot_id.clone();
@@ -252,6 +308,7 @@ async fn full_then_three_incrementals_equal_the_server_snapshots() {
         exporter.reset_stats();
         let report = backup.incremental(&vm, &previous).await.unwrap();
         assert_images_match(&exporter, &backup, &vm).await;
+        assert_images_sparse(&exporter, &backup, &vm).await;
         let after = backup.state().await.unwrap().unwrap();
 
         assert_eq!(report.from.as_deref(), Some(previous.as_str()));
@@ -309,13 +366,7 @@ async fn full_then_three_incrementals_equal_the_server_snapshots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_mid_transfer_are_recovered() {
     let (exporter, vm) = exporter().await;
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(11),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    let mut g = Guest::with_initial_contents(&exporter, &vm, 11);
     let dir = tempfile::tempdir().unwrap();
     let backup = OvmBackup::new(client(&exporter), dir.path()).with_options(options());
 
@@ -344,6 +395,7 @@ async fn faults_mid_transfer_are_recovered() {
     let inc = backup.incremental(&vm, &full.snapshot_id).await.unwrap();
     assert!(exporter.stats().logins > logins, "a new token was obtained");
     assert_images_match(&exporter, &backup, &vm).await;
+    assert_images_sparse(&exporter, &backup, &vm).await;
     assert!(inc.previous_deleted);
     assert_eq!(exporter.snapshot_ids(&vm), vec![inc.snapshot_id.clone()]);
 }
@@ -352,13 +404,7 @@ async fn faults_mid_transfer_are_recovered() {
 async fn a_killed_full_backup_resumes_without_refetching() {
     let (exporter, vm) = exporter().await;
     let exporter = Arc::new(exporter);
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(3),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    Guest::with_initial_contents(&exporter, &vm, 3);
     let dir = tempfile::tempdir().unwrap();
 
     // When the second disk starts, the exporter starts failing every data
@@ -437,13 +483,7 @@ async fn a_killed_full_backup_resumes_without_refetching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_patch_resumes_through_the_checkpoint() {
     let (exporter, vm) = exporter().await;
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(5),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    let mut g = Guest::with_initial_contents(&exporter, &vm, 5);
     let dir = tempfile::tempdir().unwrap();
     let opts = || {
         options()
@@ -494,6 +534,28 @@ async fn an_interrupted_patch_resumes_through_the_checkpoint() {
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
 
     exporter.faults().clear();
+    // The image the failed run had not touched yet is checked before the
+    // resumed run writes anything: one byte changed is refused.
+    let image_b = dir.path().join(DISK_B);
+    let good_b = std::fs::read(&image_b).unwrap();
+    let mut bad_b = good_b.clone();
+    bad_b[MIB as usize + 5] ^= 0x10;
+    std::fs::write(&image_b, &bad_b).unwrap();
+    let part_a = std::fs::read(dir.path().join(format!("{DISK_A}.part"))).unwrap();
+    let e = backup
+        .incremental(&vm, &full.snapshot_id)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+    assert!(e.to_string().contains(DISK_B), "{e}");
+    assert_eq!(
+        std::fs::read(dir.path().join(format!("{DISK_A}.part"))).unwrap(),
+        part_a,
+        "the half-patched image was written before the check"
+    );
+    assert_eq!(std::fs::read(&image_b).unwrap(), bad_b);
+    std::fs::write(&image_b, &good_b).unwrap();
+
     exporter.reset_stats();
     let resumed = backup.incremental(&vm, &full.snapshot_id).await.unwrap();
     assert!(resumed.resumed);
@@ -518,13 +580,7 @@ async fn an_interrupted_patch_resumes_through_the_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_previous_image_is_refused() {
     let (exporter, vm) = exporter().await;
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(9),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    let mut g = Guest::with_initial_contents(&exporter, &vm, 9);
     let dir = tempfile::tempdir().unwrap();
     let backup = OvmBackup::new(client(&exporter), dir.path()).with_options(options());
     let full = backup.full(&vm).await.unwrap();
@@ -634,16 +690,103 @@ async fn a_wrong_previous_image_is_refused() {
     assert!(!again.previous_deleted, "delete_previous is off");
 }
 
+/// Rewrites the recorded image of `disk` as if the previous snapshot's
+/// disk had been `size` bytes long: the image cut or extended to `size`,
+/// its size, SHA-256 and fingerprint recorded again.
+async fn pretend_previous_size(backup: &OvmBackup, disk: &str, size: u64) {
+    let image = backup.image_path(disk);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let mut state = backup.state().await.unwrap().unwrap();
+    let sha = sha256(&image).await;
+    let d = state.disks.iter_mut().find(|d| d.name == disk).unwrap();
+    assert!(
+        d.chunks().iter().all(|c| c.start + c.length <= size),
+        "the previous snapshot must hold no data past {size}"
+    );
+    d.size = size;
+    d.sha256 = sha;
+    d.fingerprint = hypersdk_ovm::backup::FileFingerprint::of(&image).unwrap();
+    state.save(backup.dir()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grown_disk_is_extended_and_a_shrunk_one_refused() {
+    const DISK: &str = "0004fb00001200000000000000000007.img";
+    let spec = VmSpec::new("growing").with_disk(DiskSpec::new(DISK, "xvda", 4 * MIB));
+    let vm = spec.id.clone();
+    let exporter = OvmExporter::builder().vm(spec).start().await.unwrap();
+    let mut rng = Rng(17);
+    exporter.write(&vm, DISK, 0, &rng.bytes(300 * K)).unwrap();
+    exporter.write(&vm, DISK, MIB, &rng.bytes(200 * K)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = OvmBackup::new(client(&exporter), dir.path()).with_options(options());
+    let full = backup.full(&vm).await.unwrap();
+
+    // The disk was 2 MiB at the previous snapshot and has grown to 4 MiB;
+    // the guest wrote past the old end and inside it.
+    pretend_previous_size(&backup, DISK, 2 * MIB).await;
+    exporter
+        .write(&vm, DISK, 3 * MIB, &rng.bytes(100 * K))
+        .unwrap();
+    exporter
+        .write(&vm, DISK, 64 * K, &rng.bytes(4 * K))
+        .unwrap();
+    let inc = backup.incremental(&vm, &full.snapshot_id).await.unwrap();
+    let d = &inc.disks[0];
+    assert!(d.patched && d.size == 4 * MIB);
+    // Only the new data was fetched: the 4 KiB write's cluster and the
+    // 100 KiB past the old end, in whole clusters.
+    assert_eq!(d.bytes_fetched, 64 * K + 128 * K);
+    let server = exporter
+        .snapshot_disk_path(&vm, &inc.snapshot_id, DISK)
+        .unwrap();
+    assert_eq!(
+        sha256(&backup.image_path(DISK)).await,
+        sha256(&server).await
+    );
+    assert_eq!(d.sha256, sha256(&server).await);
+
+    // The disk was 8 MiB at the previous snapshot: it shrank, which an
+    // image cannot follow. Refused, and undone: no snapshot left behind,
+    // no pending backup, the image untouched.
+    pretend_previous_size(&backup, DISK, 8 * MIB).await;
+    let state_before = std::fs::read(BackupState::path_in(dir.path())).unwrap();
+    let image_before = sha256(&backup.image_path(DISK)).await;
+    exporter.write(&vm, DISK, 0, &rng.bytes(4 * K)).unwrap();
+    let e = backup.incremental(&vm, &inc.snapshot_id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.to_string().contains("shrank") && e.to_string().contains("full backup"),
+        "{e}"
+    );
+    assert_eq!(exporter.snapshot_ids(&vm), vec![inc.snapshot_id.clone()]);
+    assert_eq!(
+        std::fs::read(BackupState::path_in(dir.path())).unwrap(),
+        state_before
+    );
+    assert_eq!(sha256(&backup.image_path(DISK)).await, image_before);
+    // A full backup takes the disk at its size again.
+    let again = backup.full(&vm).await.unwrap();
+    assert!(again.previous_deleted);
+    let server = exporter
+        .snapshot_disk_path(&vm, &again.snapshot_id, DISK)
+        .unwrap();
+    assert_eq!(
+        sha256(&backup.image_path(DISK)).await,
+        sha256(&server).await
+    );
+    assert_eq!(exporter.snapshot_ids(&vm), vec![again.snapshot_id.clone()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ova_and_manifest_of_a_backup() {
     let (exporter, vm) = exporter().await;
-    let mut g = Guest {
-        exporter: &exporter,
-        vm: vm.clone(),
-        rng: Rng(13),
-        touched: Touched::default(),
-    };
-    initial_contents(&mut g);
+    Guest::with_initial_contents(&exporter, &vm, 13);
     let dir = tempfile::tempdir().unwrap();
     let backup = OvmBackup::new(client(&exporter), dir.path().join("b")).with_options(options());
     backup.full(&vm).await.unwrap();

@@ -27,7 +27,10 @@
 //!   continues it without fetching a committed byte again. While an image
 //!   is being patched it lives at `<name>.part`, so the final name never
 //!   holds a half-patched image, and a state with a pending backup is never
-//!   taken as the base of another incremental.
+//!   taken as the base of another incremental. A resumed incremental checks
+//!   the images it has not touched yet as a fresh one does. A disk that
+//!   shrank is refused before any image is touched, and the refused
+//!   incremental is undone (its snapshot deleted, the state as before).
 //! - [`OvmBackup::write_ova`] packs the images as streamOptimized VMDKs in
 //!   an OVA; [`OvmBackup::write_manifest`] writes an Artifact Manifest of
 //!   the raw images.
@@ -65,7 +68,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use hypersdk_core::blocks::{
     BlockSource, Checkpointing, CopyOptions, CopyReport, DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM,
-    copy_extents, copy_to_file,
+    SparseFile, copy_extents, copy_to_file,
 };
 use hypersdk_core::checkpoint::{CheckpointStore, SessionId, TransferSession};
 use hypersdk_core::digest::{Algorithm, Checksum, hash_file};
@@ -108,6 +111,10 @@ pub enum PreviousCheck {
 }
 
 /// How a backup runs.
+///
+/// Disks are copied one after the other, so the data in memory stays below
+/// about `chunk_size × parallelism` (32 MiB by default) whatever the disks'
+/// sizes.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BackupOptions {
@@ -424,9 +431,12 @@ impl OvmBackup {
     /// needed); [`Error::Conflict`] for another VM, another exporter, or
     /// another backup pending; [`Error::InvalidInput`] if the images hold
     /// another snapshot than `from`; [`Error::Integrity`] if an image is not
-    /// the one recorded for `from`. Later: the client's and the copy's
-    /// errors, after which running it again continues it. The previous
-    /// snapshot is deleted only after the new state is recorded.
+    /// the one recorded for `from` (also when resuming, for the images not
+    /// touched yet). [`Error::InvalidInput`] if a disk shrank, after which
+    /// the new snapshot is deleted again and the state left as it was.
+    /// Later: the client's and the copy's errors, after which running it
+    /// again continues it. The previous snapshot is deleted only after the
+    /// new state is recorded.
     pub async fn incremental(&self, vm_id: &str, from: &str) -> Result<BackupReport> {
         let result = self.run_incremental(vm_id, from).await;
         self.options.progress.finish(Outcome::from_result(&result));
@@ -542,26 +552,23 @@ impl OvmBackup {
             let (disk_state, report) = self
                 .copy_whole(&snap, disk, &device, &store, &mut session)
                 .await?;
-            pending.done.push(disk_state);
+            self.record_disk(&mut state, &mut pending, disk_state)
+                .await?;
             reports.push(report);
-            state.pending = Some(pending.clone());
-            self.save_state(&state).await?;
         }
 
         // Complete: the images are the snapshot's.
-        let removed: Vec<String> = state
-            .disks
-            .iter()
-            .filter(|d| !snap.disks.iter().any(|n| n.name == d.name))
-            .map(|d| d.name.clone())
-            .collect();
-        state.endpoint.clone_from(&endpoint);
-        state.snapshot_id = Some(pending.snapshot_id.clone());
-        state.completed_at = Some(Utc::now());
-        state.disks = std::mem::take(&mut pending.done);
-        state.pending = None;
-        self.save_state(&state).await?;
-        remove_session(&store, session.id.as_str()).await;
+        let removed = self
+            .complete(
+                &mut state,
+                &mut pending,
+                &snap,
+                &vm,
+                &endpoint,
+                &store,
+                &session,
+            )
+            .await?;
 
         let mut previous_deleted = false;
         if let Some(prev) = &previous
@@ -681,48 +688,39 @@ impl OvmBackup {
             }
         };
 
-        // The previous snapshot must still exist now that the new one is
-        // taken: it pins the physical blocks the diff relies on.
-        self.previous_snapshot(&state, from).await?;
-        let snap = self
-            .client
-            .snapshot(vm_id, &pending.snapshot_id, &SnapshotQuery::raw())
-            .await?;
-        check_disk_names(&snap)?;
-        // Plan every disk before touching any image.
-        struct Plan {
-            size: u64,
-            changed: ExtentList,
-            freed: ExtentList,
-        }
-        let mut plans = Vec::with_capacity(snap.disks.len());
-        for disk in &snap.disks {
-            let size = self
-                .client
-                .disk_size(vm_id, &pending.snapshot_id, &disk.name)
-                .await?;
-            let plan = match state.disk(&disk.name) {
-                Some(old) => {
-                    if size < old.size {
-                        return Err(Error::invalid_input(format!(
-                            "disk '{}' shrank from {} to {size} bytes between snapshots {from} \
-                             and {}: a disk cannot shrink",
-                            disk.name, old.size, pending.snapshot_id
-                        )));
-                    }
-                    let diff = diff_chunks(&old.chunks(), &disk.chunks, size);
-                    Some(Plan {
-                        size,
-                        changed: diff.changed,
-                        freed: diff.freed,
-                    })
+        // Plan every disk before touching any image. A fresh incremental
+        // whose plan fails (a disk that shrank, the previous snapshot gone)
+        // has written nothing: it is undone, so that the images stay the
+        // base of the next backup.
+        let (snap, plans) = match self.plan_incremental(&state, &pending, from).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                if !resumed {
+                    self.undo_pending(&mut state, &pending).await;
                 }
-                None => None,
-            };
-            plans.push(plan);
-        }
+                return Err(e);
+            }
+        };
 
         let mut session = load_session(&store, &pending, &endpoint, vm_id, &self.dir).await?;
+        if resumed {
+            // The images this run has not touched yet are checked as a fresh
+            // run checks them, before anything is written.
+            for (disk, plan) in snap.disks.iter().zip(&plans) {
+                if plan.is_none() || pending.done.iter().any(|d| d.name == disk.name) {
+                    continue;
+                }
+                let path = self.image_path(&disk.name);
+                let touched = session
+                    .item(&disk.name)
+                    .is_some_and(|i| i.is_complete() || !i.completed.is_empty())
+                    || file_len(&SparseFile::part_path_for(&path)?).await.is_some();
+                if let (false, Some(old)) = (touched, state.disk(&disk.name)) {
+                    self.check_image(old, from, self.options.previous_check)
+                        .await?;
+                }
+            }
+        }
         let mut reports = Vec::new();
         for (disk, plan) in snap.disks.iter().zip(plans) {
             let device = device_of(&vm, &disk.name);
@@ -732,30 +730,8 @@ impl OvmBackup {
             }
             let (disk_state, report) = match plan {
                 Some(plan) => {
-                    let path = self.image_path(&disk.name);
-                    let source = self.client.open_snapshot_disk(&snap, &disk.name).await?;
-                    check_source_len(&source, plan.size)?;
-                    let sink = PatchSink::open(&path, plan.size).await?;
-                    let copied = copy_extents(
-                        &source,
-                        &sink,
-                        &plan.changed,
-                        Some(&plan.freed),
-                        Some(Checkpointing {
-                            store: &store,
-                            session: &mut session,
-                        }),
-                        &self.options.copy_options(&disk.name),
-                    )
-                    .await?;
-                    sink.commit().await?;
-                    let finished = Finished {
-                        sha256: copied_sha256(&copied, &path)?,
-                        allocated: chunks_to_extents(&disk.chunks, plan.size).total_bytes(),
-                        planned: plan.changed.total_bytes(),
-                        patched: true,
-                    };
-                    finish_disk(&path, disk, &device, plan.size, &copied, finished).await?
+                    self.patch(&snap, disk, &device, &plan, &store, &mut session)
+                        .await?
                 }
                 None => {
                     warnings.push(format!(
@@ -766,18 +742,22 @@ impl OvmBackup {
                         .await?
                 }
             };
-            pending.done.push(disk_state);
+            self.record_disk(&mut state, &mut pending, disk_state)
+                .await?;
             reports.push(report);
-            state.pending = Some(pending.clone());
-            self.save_state(&state).await?;
         }
 
-        let removed: Vec<String> = state
-            .disks
-            .iter()
-            .filter(|d| !snap.disks.iter().any(|n| n.name == d.name))
-            .map(|d| d.name.clone())
-            .collect();
+        let removed = self
+            .complete(
+                &mut state,
+                &mut pending,
+                &snap,
+                &vm,
+                &endpoint,
+                &store,
+                &session,
+            )
+            .await?;
         for name in &removed {
             warnings.push(format!(
                 "disk '{name}' is not in snapshot {}: its image is left in the directory, out \
@@ -785,14 +765,6 @@ impl OvmBackup {
                 pending.snapshot_id
             ));
         }
-        state.vm_name.clone_from(&vm.friendly_name);
-        state.vm_uuid.clone_from(&vm.uuid);
-        state.snapshot_id = Some(pending.snapshot_id.clone());
-        state.completed_at = Some(Utc::now());
-        state.disks = std::mem::take(&mut pending.done);
-        state.pending = None;
-        self.save_state(&state).await?;
-        remove_session(&store, session.id.as_str()).await;
 
         // Only now is the previous snapshot no longer needed.
         let previous_deleted = if self.options.delete_previous {
@@ -815,6 +787,162 @@ impl OvmBackup {
             warnings,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The new snapshot of `pending` (raw chunks) and, for each of its
+    /// disks, what to patch (`None`: a disk new since `from`, copied whole).
+    async fn plan_incremental(
+        &self,
+        state: &BackupState,
+        pending: &PendingBackup,
+        from: &str,
+    ) -> Result<(VmSnapshot, Vec<Option<Plan>>)> {
+        // The previous snapshot must still exist now that the new one is
+        // taken: it pins the physical blocks the diff relies on.
+        self.previous_snapshot(state, from).await?;
+        let vm_id = state.vm_id.as_str();
+        let snap = self
+            .client
+            .snapshot(vm_id, &pending.snapshot_id, &SnapshotQuery::raw())
+            .await?;
+        check_disk_names(&snap)?;
+        let mut plans = Vec::with_capacity(snap.disks.len());
+        for disk in &snap.disks {
+            let Some(old) = state.disk(&disk.name) else {
+                plans.push(None);
+                continue;
+            };
+            let size = self
+                .client
+                .disk_size(vm_id, &pending.snapshot_id, &disk.name)
+                .await?;
+            if size < old.size {
+                return Err(Error::invalid_input(format!(
+                    "disk '{}' shrank from {} to {size} bytes between snapshots {from} and {}: \
+                     an image cannot be patched smaller; run a full backup",
+                    disk.name, old.size, pending.snapshot_id
+                )));
+            }
+            let diff = diff_chunks(&old.chunks(), &disk.chunks, size);
+            plans.push(Some(Plan {
+                size,
+                changed: diff.changed,
+                freed: diff.freed,
+            }));
+        }
+        Ok((snap, plans))
+    }
+
+    /// Undoes a fresh incremental that wrote nothing: deletes the snapshot
+    /// it created and clears the pending backup. If the snapshot cannot be
+    /// deleted, the pending backup stays recorded (the next full backup
+    /// deletes it).
+    async fn undo_pending(&self, state: &mut BackupState, pending: &PendingBackup) {
+        if pending.created_snapshot
+            && let Err(e) = self
+                .client
+                .delete_snapshot(&state.vm_id, &pending.snapshot_id)
+                .await
+        {
+            tracing::warn!(snapshot = %pending.snapshot_id, error = %e,
+                "cannot delete the snapshot of a refused incremental backup: it stays recorded as pending");
+            return;
+        }
+        state.pending = None;
+        if let Err(e) = self.save_state(state).await {
+            tracing::warn!(error = %e, "cannot clear the refused incremental backup from the state");
+        }
+    }
+
+    /// Patches the image of `disk` in place: the changed ranges of `plan`
+    /// copied from `snap`, its freed ranges punched, grown to its size.
+    async fn patch(
+        &self,
+        snap: &VmSnapshot,
+        disk: &crate::types::DiskSnapshot,
+        device: &str,
+        plan: &Plan,
+        store: &CheckpointStore,
+        session: &mut TransferSession,
+    ) -> Result<(DiskState, DiskReport)> {
+        let path = self.image_path(&disk.name);
+        let source = self.client.open_snapshot_disk(snap, &disk.name).await?;
+        check_source_len(&source, plan.size)?;
+        let sink = PatchSink::open(&path, plan.size).await?;
+        let copied = copy_extents(
+            &source,
+            &sink,
+            &plan.changed,
+            Some(&plan.freed),
+            Some(Checkpointing {
+                store,
+                session: &mut *session,
+            }),
+            &self.options.copy_options(&disk.name),
+        )
+        .await?;
+        let sha256 = copied_sha256(&copied, &path)?;
+        // Recorded before the image goes back to its name: a run killed in
+        // between finds the patch complete (it fetches nothing again and
+        // only hashes the image), never an image it would take for
+        // untouched.
+        if let Some(item) = session.item_mut(&disk.name) {
+            item.mark_all_done();
+            item.checksum = Some(sha256);
+        }
+        save_session(store, session).await?;
+        sink.commit().await?;
+        let finished = Finished {
+            sha256,
+            allocated: chunks_to_extents(&disk.chunks, plan.size).total_bytes(),
+            planned: plan.changed.total_bytes(),
+            patched: true,
+        };
+        finish_disk(&path, disk, device, plan.size, &copied, finished).await
+    }
+
+    /// Records a finished disk in the pending backup.
+    async fn record_disk(
+        &self,
+        state: &mut BackupState,
+        pending: &mut PendingBackup,
+        disk: DiskState,
+    ) -> Result<()> {
+        pending.done.push(disk);
+        state.pending = Some(pending.clone());
+        self.save_state(state).await
+    }
+
+    /// Records `pending` as completed (the images are its snapshot's) and
+    /// drops its checkpoint; returns the disks recorded before that the
+    /// snapshot no longer has.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete(
+        &self,
+        state: &mut BackupState,
+        pending: &mut PendingBackup,
+        snap: &VmSnapshot,
+        vm: &VirtualMachine,
+        endpoint: &str,
+        store: &CheckpointStore,
+        session: &TransferSession,
+    ) -> Result<Vec<String>> {
+        let removed = state
+            .disks
+            .iter()
+            .filter(|d| snap.disk(&d.name).is_none())
+            .map(|d| d.name.clone())
+            .collect();
+        state.endpoint = endpoint.to_string();
+        state.vm_name.clone_from(&vm.friendly_name);
+        state.vm_uuid.clone_from(&vm.uuid);
+        state.snapshot_id = Some(pending.snapshot_id.clone());
+        state.completed_at = Some(Utc::now());
+        state.disks = std::mem::take(&mut pending.done);
+        state.pending = None;
+        self.save_state(state).await?;
+        remove_session(store, session.id.as_str()).await;
+        Ok(removed)
     }
 
     /// Copies every allocated byte of `disk` of `snap` into a new image
@@ -875,46 +1003,57 @@ impl OvmBackup {
     async fn check_images(&self, state: &BackupState, how: PreviousCheck) -> Result<()> {
         let snapshot = state.snapshot_id.as_deref().unwrap_or("?");
         for disk in &state.disks {
-            let path = self.image_path(&disk.name);
-            let tracker =
-                self.options
-                    .progress
-                    .item(Phase::Verifying, disk.name.clone(), Some(disk.size));
-            let refuse = |expected: String, actual: String| Error::Integrity {
-                object: format!(
-                    "{} (recorded for snapshot {snapshot}; refusing to patch it)",
-                    image_object(&path)
-                ),
-                expected,
-                actual,
-            };
-            let Some(len) = file_len(&path).await else {
-                return Err(Error::not_found(format!(
-                    "{} (recorded for snapshot {snapshot})",
-                    image_object(&path)
-                )));
-            };
-            if len != disk.size {
-                return Err(refuse(
-                    format!("{} bytes", disk.size),
-                    format!("{len} bytes"),
-                ));
-            }
-            if how == PreviousCheck::Fingerprint {
-                let p = path.clone();
-                let fp = blocking(move || FileFingerprint::of(&p)).await?;
-                if fp == disk.fingerprint {
-                    tracker.set(disk.size);
-                    continue;
-                }
-                tracing::info!(image = %path.display(), "fingerprint changed: hashing the image");
-            }
-            let actual = sha256_of(&path).await?;
-            if actual != disk.sha256 {
-                return Err(refuse(disk.sha256.to_string(), actual.to_string()));
-            }
-            tracker.set(disk.size);
+            self.check_image(disk, snapshot, how).await?;
         }
+        Ok(())
+    }
+
+    /// Checks that the image of `disk` is the one recorded for `snapshot`.
+    async fn check_image(
+        &self,
+        disk: &DiskState,
+        snapshot: &str,
+        how: PreviousCheck,
+    ) -> Result<()> {
+        let path = self.image_path(&disk.name);
+        let tracker =
+            self.options
+                .progress
+                .item(Phase::Verifying, disk.name.clone(), Some(disk.size));
+        let refuse = |expected: String, actual: String| Error::Integrity {
+            object: format!(
+                "{} (recorded for snapshot {snapshot}; refusing to patch it)",
+                image_object(&path)
+            ),
+            expected,
+            actual,
+        };
+        let Some(len) = file_len(&path).await else {
+            return Err(Error::not_found(format!(
+                "{} (recorded for snapshot {snapshot})",
+                image_object(&path)
+            )));
+        };
+        if len != disk.size {
+            return Err(refuse(
+                format!("{} bytes", disk.size),
+                format!("{len} bytes"),
+            ));
+        }
+        if how == PreviousCheck::Fingerprint {
+            let p = path.clone();
+            let fp = blocking(move || FileFingerprint::of(&p)).await?;
+            if fp == disk.fingerprint {
+                tracker.set(disk.size);
+                return Ok(());
+            }
+            tracing::info!(image = %path.display(), "fingerprint changed: hashing the image");
+        }
+        let actual = sha256_of(&path).await?;
+        if actual != disk.sha256 {
+            return Err(refuse(disk.sha256.to_string(), actual.to_string()));
+        }
+        tracker.set(disk.size);
         Ok(())
     }
 
@@ -941,15 +1080,15 @@ impl OvmBackup {
             Err(e) => return Err(e),
         };
         for recorded in &state.disks {
-            let Some(server) = prev.disks.iter().find(|d| d.name == recorded.name) else {
-                continue;
-            };
-            if record_chunks(&server.chunks) != recorded.chunks {
+            let same = prev
+                .disk(&recorded.name)
+                .is_some_and(|server| record_chunks(&server.chunks) == recorded.chunks);
+            if !same {
                 return Err(Error::invalid_data(
                     state_object(&BackupState::path_in(&self.dir)),
                     format!(
-                        "the chunks recorded for disk '{}' are not those of snapshot {from} on \
-                         {endpoint}: the state does not belong to that snapshot",
+                        "disk '{}' is not in snapshot {from} on {endpoint} with the chunks \
+                         recorded for it: the state does not belong to that snapshot",
                         recorded.name
                     ),
                 ));
@@ -1036,6 +1175,24 @@ impl OvmBackup {
         let state = state.clone();
         blocking(move || state.save(&dir)).await
     }
+}
+
+/// What an incremental does to one image.
+struct Plan {
+    /// The disk's size in the new snapshot (the image grows to it).
+    size: u64,
+    /// The ranges to copy.
+    changed: ExtentList,
+    /// The ranges to punch.
+    freed: ExtentList,
+}
+
+/// Saves `session` off the async threads.
+async fn save_session(store: &CheckpointStore, session: &mut TransferSession) -> Result<()> {
+    let store = store.clone();
+    let mut copy = session.clone();
+    *session = blocking(move || store.save(&mut copy).map(|()| copy)).await?;
+    Ok(())
 }
 
 /// The figures of a finished disk besides the copy report.
