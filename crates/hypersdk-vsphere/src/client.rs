@@ -68,6 +68,9 @@ const MAX_BODY: usize = 64 << 20;
 /// Bodies at least this large are parsed on the blocking pool, not on the
 /// async worker.
 const PARSE_INLINE_MAX: usize = 1 << 20;
+/// Longest wait for the next bytes of a bulk transfer (NFC device URL,
+/// `/folder`) before it is treated as a dropped connection.
+const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Re-logins one call may do (a second one covers a session that expired
 /// again right after the first).
 const MAX_RELOGINS: u32 = 2;
@@ -384,7 +387,8 @@ impl ClientBuilder {
             .ok_or_else(|| {
                 Error::invalid_input("no credentials: call ClientBuilder::credentials")
             })?;
-        let http = self.http_client()?;
+        let http = self.http_client(false)?;
+        let transfer_http = self.http_client(true)?;
         let url_text = url.to_string();
         let transport = Transport {
             http,
@@ -410,6 +414,9 @@ impl ClientBuilder {
         })
         .await?;
         let resp = resp.map_err(|f| fault_to_error(f, "RetrieveServiceContent"))?;
+        let ovf_manager = resp
+            .path(&["returnval", "ovfManager"])
+            .and_then(Node::as_moref);
         let service = resp
             .child("returnval")
             .and_then(ServiceContent::from_node)
@@ -432,6 +439,8 @@ impl ClientBuilder {
         );
         let inner = Arc::new(Inner {
             transport,
+            transfer_http,
+            ovf_manager,
             credentials,
             service,
             api_version,
@@ -452,11 +461,21 @@ impl ClientBuilder {
         Ok(client)
     }
 
-    fn http_client(&self) -> Result<reqwest::Client> {
+    /// The HTTP client of SOAP calls, or (`transfer`) of bulk transfers:
+    /// the same TLS policy, but no total request timeout (a multi-gigabyte
+    /// body takes as long as it takes) and an idle read timeout instead.
+    fn http_client(&self, transfer: bool) -> Result<reqwest::Client> {
         let mut b = reqwest::Client::builder()
             .http1_only()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
+            .connect_timeout(self.connect_timeout);
+        b = if transfer {
+            b.read_timeout(self.timeout.min(TRANSFER_IDLE_TIMEOUT))
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(16)
+        } else {
+            b.timeout(self.timeout)
+        };
+        b = b
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
@@ -802,6 +821,11 @@ enum Mode {
 
 struct Inner {
     transport: Transport,
+    /// Bulk transfers: same TLS trust, no total timeout.
+    transfer_http: reqwest::Client,
+    /// `ServiceContent.ovfManager` (`OvfManager` on vCenter,
+    /// `ha-ovf-manager` on ESXi).
+    ovf_manager: Option<MoRef>,
     credentials: Credentials,
     service: ServiceContent,
     api_version: String,
@@ -929,6 +953,57 @@ impl Client {
     /// The SOAP endpoint URL (no credentials in it).
     pub fn url(&self) -> &str {
         &self.inner.transport.url_text
+    }
+
+    /// The reqwest client for bulk transfers (NFC device URLs,
+    /// `/folder`): the same TLS trust and pinning as the SOAP calls, its own
+    /// connection pool, no total request timeout (an idle read timeout of
+    /// at most 2 minutes instead), no redirects.
+    pub fn transfer_http(&self) -> &reqwest::Client {
+        &self.inner.transfer_http
+    }
+
+    /// An [`HttpAuth`](hypersdk_core::blocks::HttpAuth) sending this
+    /// client's session cookie (`vmware_soap_session=…`) with every
+    /// request; its `refresh()` (after a `401`) logs in again once, shared
+    /// with every other call that found the session expired.
+    pub fn session_auth(&self) -> Arc<dyn hypersdk_core::blocks::HttpAuth> {
+        Arc::new(SessionAuth {
+            client: self.clone(),
+            seen: std::sync::atomic::AtomicU64::new(self.session_generation()),
+        })
+    }
+
+    /// The `host[:port]` of the SOAP URL (the port only when it is not the
+    /// scheme's default; IPv6 hosts in brackets): what replaces the `*`
+    /// host of lease device URLs.
+    pub fn host_port(&self) -> String {
+        let url = &self.inner.transport.url;
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+            Some(h) => h.to_string(),
+            None => String::new(),
+        };
+        match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        }
+    }
+
+    /// The `OvfManager` of the service content (`CreateDescriptor`,
+    /// `CreateImportSpec`); `None` when the server has none.
+    pub fn ovf_manager(&self) -> Option<&MoRef> {
+        self.inner.ovf_manager.as_ref()
+    }
+
+    /// The base URL `scheme://host[:port]/` of the server (no path, no
+    /// credentials).
+    pub fn base_url(&self) -> Url {
+        let mut url = self.inner.transport.url.clone();
+        url.set_path("/");
+        url.set_query(None);
+        url.set_fragment(None);
+        url
     }
 
     pub(crate) fn page_size(&self) -> u32 {
@@ -1236,6 +1311,50 @@ impl Client {
             Err(f) if f.is("NotAuthenticated") => Ok(()),
             Err(f) => Err(fault_to_error(f, "Logout")),
         }
+    }
+}
+
+/// The [`HttpAuth`](hypersdk_core::blocks::HttpAuth) of
+/// [`Client::session_auth`].
+struct SessionAuth {
+    client: Client,
+    /// The session generation whose cookie was last handed out.
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Debug for SessionAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionAuth")
+            .field("url", &self.client.url())
+            .field("cookie", &"***")
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl hypersdk_core::blocks::HttpAuth for SessionAuth {
+    async fn headers(&self) -> Result<reqwest::header::HeaderMap> {
+        self.client.check_usable()?;
+        let (cookie, generation) = self.client.session();
+        self.seen.store(generation, Ordering::Relaxed);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(cookie) = cookie {
+            let mut value = reqwest::header::HeaderValue::from_str(&cookie).map_err(|_| {
+                Error::invalid_data(
+                    self.client.url(),
+                    "the session cookie is not a valid header",
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(http_header::COOKIE, value);
+        }
+        Ok(headers)
+    }
+
+    async fn refresh(&self) -> Result<bool> {
+        let seen = self.seen.load(Ordering::Relaxed);
+        self.client.relogin(seen).await?;
+        Ok(true)
     }
 }
 

@@ -13,9 +13,19 @@
 //! - [`inventory`]: discovery with `ContainerView` + paged
 //!   `RetrievePropertiesEx`, mapped to core [`VmInfo`](hypersdk_core::model::VmInfo);
 //! - [`snapshot`] and [`tasks`]: snapshots and task waiting;
+//! - [`lease`]: `HttpNfcLease` waiting, keep-alive, complete and abort;
+//! - [`export`]: VM export through an NFC lease into an OVA, an OVF
+//!   directory or raw images, with digests, `.mf` and Artifact Manifest;
+//! - [`import`]: OVA import (`CreateImportSpec`, `ImportVApp`, the files
+//!   streamed from the archive to the lease, non-stream disks converted on
+//!   the fly, rollback on failure, restarts on retryable faults);
+//! - [`datastore`]: datastore file transfers through `/folder` (downloads
+//!   resumed with `Range`, uploads, listing);
+//! - [`cbt`]: changed block tracking (`QueryChangedDiskAreas` to core
+//!   extents, incremental disk copies);
 //! - [`provider`]: [`VsphereProvider`], the core
-//!   [`Provider`](hypersdk_core::provider::Provider) (discovery and
-//!   snapshots; export and import are planned).
+//!   [`Provider`](hypersdk_core::provider::Provider) (discovery,
+//!   snapshots, export, import, changed extents).
 //!
 //! ```no_run
 //! # async fn demo() -> hypersdk_core::Result<()> {
@@ -45,8 +55,13 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod cbt;
 pub mod client;
+pub mod datastore;
+pub mod export;
+pub mod import;
 pub mod inventory;
+pub mod lease;
 pub mod property;
 pub mod provider;
 pub mod snapshot;
