@@ -242,6 +242,153 @@ pub fn pinned_config(pins: Vec<Thumbprint>) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// How a client checks a server's certificate: the system's roots (the
+/// default), only given CA certificates, only leaf certificates with given
+/// thumbprints, or nothing at all. One policy per client: mixing CAs, pins
+/// and accept-invalid is refused, since it is never what the caller meant.
+///
+/// Providers keep one in their client builders and [`TlsTrust::apply`] it
+/// to the `reqwest` builder.
+///
+/// ```
+/// use hypersdk_core::tls::TlsTrust;
+///
+/// let mut trust = TlsTrust::default();
+/// assert!(trust.is_system_roots());
+/// trust.pin("AB".repeat(32).parse()?)?;
+/// assert!(trust.accept_invalid().is_err()); // a pin and accept-any do not mix
+/// let http = trust.apply(reqwest::Client::builder(), "example")?.build();
+/// assert!(http.is_ok());
+/// # Ok::<(), hypersdk_core::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct TlsTrust {
+    kind: Trust,
+}
+
+#[derive(Clone, Default)]
+enum Trust {
+    #[default]
+    SystemRoots,
+    Cas(Vec<Vec<u8>>),
+    Pins(Vec<Thumbprint>),
+    Insecure,
+}
+
+impl fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Trust::SystemRoots => f.write_str("SystemRoots"),
+            Trust::Cas(c) => write!(f, "Cas({} PEM bundles)", c.len()),
+            Trust::Pins(p) => f.debug_tuple("Pins").field(p).finish(),
+            Trust::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
+impl TlsTrust {
+    /// Whether nothing was set: the system's roots are trusted.
+    pub fn is_system_roots(&self) -> bool {
+        matches!(self.kind, Trust::SystemRoots)
+    }
+
+    /// Whether any certificate is accepted.
+    pub fn is_insecure(&self) -> bool {
+        matches!(self.kind, Trust::Insecure)
+    }
+
+    /// Trusts the CA certificates of this PEM bundle instead of the
+    /// system's roots; may be called several times. The bundle is parsed
+    /// by [`TlsTrust::apply`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when pins or accept-invalid were set.
+    pub fn add_ca_pem(&mut self, pem: &[u8]) -> Result<()> {
+        match &mut self.kind {
+            Trust::Cas(v) => v.push(pem.to_vec()),
+            Trust::SystemRoots => self.kind = Trust::Cas(vec![pem.to_vec()]),
+            _ => return Err(self.conflict("a CA certificate")),
+        }
+        Ok(())
+    }
+
+    /// Trusts exactly the leaf certificates with this thumbprint (any of
+    /// the pins matches), checked in the handshake before any request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when CAs or accept-invalid were set.
+    pub fn pin(&mut self, thumbprint: Thumbprint) -> Result<()> {
+        match &mut self.kind {
+            Trust::Pins(v) => v.push(thumbprint),
+            Trust::SystemRoots => self.kind = Trust::Pins(vec![thumbprint]),
+            _ => return Err(self.conflict("a thumbprint pin")),
+        }
+        Ok(())
+    }
+
+    /// Accepts any certificate (labs only: an impostor then receives the
+    /// credentials).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when CAs or pins were set.
+    pub fn accept_invalid(&mut self) -> Result<()> {
+        match self.kind {
+            Trust::SystemRoots | Trust::Insecure => self.kind = Trust::Insecure,
+            _ => return Err(self.conflict("accepting invalid certificates")),
+        }
+        Ok(())
+    }
+
+    fn conflict(&self, what: &str) -> Error {
+        Error::invalid_input(format!(
+            "{what} conflicts with the TLS policy already set ({self:?}): choose CA \
+             certificates, thumbprint pins or accept-invalid, not several"
+        ))
+    }
+
+    /// Configures `builder` to check certificates this way; `peer` names
+    /// the server in the warning logged for an insecure client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a CA bundle that is not PEM or holds no
+    /// certificate; [`Error::Other`] when the TLS configuration cannot be
+    /// built.
+    pub fn apply(
+        &self,
+        builder: reqwest::ClientBuilder,
+        peer: &str,
+    ) -> Result<reqwest::ClientBuilder> {
+        Ok(match &self.kind {
+            Trust::SystemRoots => builder,
+            Trust::Cas(pems) => {
+                let mut certs = Vec::new();
+                for pem in pems {
+                    let found = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                        Error::invalid_input(format!("CA bundle is not valid PEM: {e}"))
+                    })?;
+                    if found.is_empty() {
+                        return Err(Error::invalid_input("CA bundle holds no certificate"));
+                    }
+                    certs.extend(found);
+                }
+                builder.tls_certs_only(certs)
+            }
+            Trust::Pins(pins) => builder.tls_backend_preconfigured(pinned_config(pins.clone())?),
+            Trust::Insecure => {
+                tracing::warn!(
+                    peer,
+                    "client built with danger_accept_invalid_certs: the server is not authenticated"
+                );
+                builder.tls_danger_accept_invalid_certs(true)
+            }
+        })
+    }
+}
+
 /// The TLS failure inside a transport error, if there is one: walks the
 /// source chain, looking inside `io::Error`s too (their `source()` skips
 /// the wrapped error, and hyper wraps an `io::Error` in another).
@@ -300,6 +447,34 @@ mod tests {
         assert!(format!("sha1:{sha256}").parse::<Thumbprint>().is_err());
         assert!("AB:CD".parse::<Thumbprint>().is_err());
         assert!("zz".repeat(20).parse::<Thumbprint>().is_err());
+    }
+
+    #[test]
+    fn trust_policies_do_not_mix() {
+        let pin: Thumbprint = "AB".repeat(32).parse().unwrap();
+        let mut t = TlsTrust::default();
+        t.add_ca_pem(b"x").unwrap();
+        t.add_ca_pem(b"y").unwrap();
+        let e = t.pin(pin).unwrap_err();
+        assert!(e.to_string().contains("conflicts"), "{e}");
+        assert!(t.accept_invalid().is_err());
+        let mut t = TlsTrust::default();
+        t.accept_invalid().unwrap();
+        t.accept_invalid().unwrap();
+        assert!(t.is_insecure());
+        assert!(t.add_ca_pem(b"x").is_err());
+        let mut t = TlsTrust::default();
+        t.pin(pin).unwrap();
+        t.pin(pin).unwrap();
+        assert!(format!("{t:?}").starts_with("Pins("));
+    }
+
+    #[test]
+    fn bad_ca_bundles_are_named() {
+        let mut t = TlsTrust::default();
+        t.add_ca_pem(b"no certificate here").unwrap();
+        let e = t.apply(reqwest::Client::builder(), "test").unwrap_err();
+        assert!(e.to_string().contains("CA bundle"), "{e}");
     }
 
     #[test]

@@ -64,7 +64,7 @@ use hypersdk_core::blocks::{BlockSource, HttpAuth, HttpSource, HttpStats};
 use hypersdk_core::error::redact_url;
 use hypersdk_core::model::{Extent, ExtentList};
 use hypersdk_core::retry::{Backoff, retry};
-use hypersdk_core::tls::{Thumbprint, pinned_config, tls_failure};
+use hypersdk_core::tls::{Thumbprint, TlsTrust, tls_failure};
 use hypersdk_core::{Error, Result};
 use serde::de::DeserializeOwned;
 use url::Url;
@@ -98,31 +98,6 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// How the exporter's certificate is checked.
-#[derive(Clone, Default)]
-enum TlsPolicy {
-    /// The system's roots.
-    #[default]
-    SystemRoots,
-    /// Only these CA certificates (PEM bundles).
-    Cas(Vec<Vec<u8>>),
-    /// Only leaf certificates with these thumbprints.
-    Pins(Vec<Thumbprint>),
-    /// Nothing is checked.
-    Insecure,
-}
-
-impl fmt::Debug for TlsPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsPolicy::SystemRoots => f.write_str("SystemRoots"),
-            TlsPolicy::Cas(c) => write!(f, "Cas({} bundles)", c.len()),
-            TlsPolicy::Pins(p) => f.debug_tuple("Pins").field(p).finish(),
-            TlsPolicy::Insecure => f.write_str("Insecure"),
-        }
-    }
-}
-
 /// Options of an [`OvmClient`]; made by [`OvmClient::builder`].
 ///
 /// ```
@@ -138,7 +113,7 @@ impl fmt::Debug for TlsPolicy {
 pub struct OvmClientBuilder {
     endpoint: String,
     credentials: Option<Credentials>,
-    tls: TlsPolicy,
+    tls: TlsTrust,
     allow_plain_http: bool,
     config_error: Option<String>,
     backoff: Backoff,
@@ -175,12 +150,8 @@ impl OvmClientBuilder {
     /// Trusts only the CA certificates of this PEM bundle (instead of the
     /// system's roots); may be called several times.
     pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
-        match &mut self.tls {
-            TlsPolicy::Cas(v) => v.push(pem.as_ref().to_vec()),
-            TlsPolicy::SystemRoots => self.tls = TlsPolicy::Cas(vec![pem.as_ref().to_vec()]),
-            _ => self.conflict("ca_pem"),
-        }
-        self
+        let r = self.tls.add_ca_pem(pem.as_ref());
+        self.check(r)
     }
 
     /// Trusts exactly the server certificate with this SHA-256 (or SHA-1)
@@ -188,26 +159,16 @@ impl OvmClientBuilder {
     /// matches). Checked in the TLS handshake: with a wrong pin nothing,
     /// and so no credential, is sent.
     pub fn pin_thumbprint(mut self, t: &str) -> Self {
-        match t.parse::<Thumbprint>() {
-            Ok(t) => match &mut self.tls {
-                TlsPolicy::Pins(v) => v.push(t),
-                TlsPolicy::SystemRoots => self.tls = TlsPolicy::Pins(vec![t]),
-                _ => self.conflict("pin_thumbprint"),
-            },
-            Err(e) => self.config_error = Some(e.to_string()),
-        }
-        self
+        let r = t.parse::<Thumbprint>().and_then(|t| self.tls.pin(t));
+        self.check(r)
     }
 
     /// Accepts any certificate: no protection against an impostor, who
     /// then receives the password. Only for labs; prefer
     /// [`OvmClientBuilder::pin_thumbprint`].
     pub fn danger_accept_invalid_certs(mut self) -> Self {
-        match self.tls {
-            TlsPolicy::SystemRoots | TlsPolicy::Insecure => self.tls = TlsPolicy::Insecure,
-            _ => self.conflict("danger_accept_invalid_certs"),
-        }
-        self
+        let r = self.tls.accept_invalid();
+        self.check(r)
     }
 
     /// Allows an `http://` endpoint: the password and the token travel in
@@ -246,12 +207,17 @@ impl OvmClientBuilder {
         self
     }
 
-    fn conflict(&mut self, what: &str) {
-        self.config_error = Some(format!(
-            "{what} conflicts with the TLS policy already set ({:?}): choose CA certificates, \
-             thumbprint pins or accept-invalid, not several",
-            self.tls
-        ));
+    /// Keeps the first configuration error, reported by `build`.
+    fn check(mut self, r: Result<()>) -> Self {
+        if let Err(e) = r
+            && self.config_error.is_none()
+        {
+            self.config_error = Some(match e {
+                Error::InvalidInput { message } => message,
+                other => other.to_string(),
+            });
+        }
+        self
     }
 
     /// Checks the options and builds the client. Nothing is sent: the
@@ -271,7 +237,7 @@ impl OvmClientBuilder {
         self.backoff.validate()?;
         let (base, base_segments) = parse_endpoint(&self.endpoint)?;
         if base.scheme() == "http" {
-            if !matches!(self.tls, TlsPolicy::SystemRoots) {
+            if !self.tls.is_system_roots() {
                 return Err(Error::invalid_input(format!(
                     "OVM exporter endpoint '{}' is plain http:// but a TLS option ({:?}) was \
                      set: it would not be checked; use https://",
@@ -325,30 +291,7 @@ impl OvmClientBuilder {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hypersdk-ovm/", env!("CARGO_PKG_VERSION")));
-        b = match &self.tls {
-            TlsPolicy::SystemRoots => b,
-            TlsPolicy::Cas(pems) => {
-                let mut certs = Vec::new();
-                for pem in pems {
-                    let found = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                        Error::invalid_input(format!("CA bundle is not valid PEM: {e}"))
-                    })?;
-                    if found.is_empty() {
-                        return Err(Error::invalid_input("CA bundle holds no certificate"));
-                    }
-                    certs.extend(found);
-                }
-                b.tls_certs_only(certs)
-            }
-            TlsPolicy::Pins(pins) => b.tls_backend_preconfigured(pinned_config(pins.clone())?),
-            TlsPolicy::Insecure => {
-                tracing::warn!(
-                    endpoint = %redact_url(&self.endpoint),
-                    "OVM exporter client built with danger_accept_invalid_certs: the server is not authenticated"
-                );
-                b.tls_danger_accept_invalid_certs(true)
-            }
-        };
+        b = self.tls.apply(b, &redact_url(&self.endpoint))?;
         b.build().map_err(|e| Error::Other {
             message: format!("building the HTTP client: {e}"),
             source: Some(Box::new(e)),
@@ -465,7 +408,7 @@ impl OvmClient {
         OvmClientBuilder {
             endpoint: endpoint.to_owned(),
             credentials: None,
-            tls: TlsPolicy::default(),
+            tls: TlsTrust::default(),
             allow_plain_http: false,
             config_error: None,
             backoff: Backoff::default()
