@@ -493,13 +493,14 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 
 /// The socket, bumping a counter each time hyper's write buffer has been
 /// written out to it (hyper calls `poll_flush` on the IO only once its own
-/// buffer is empty). [`Fault::ShortBody`] waits on it before closing.
-struct FlushSignalIo {
-    inner: TcpStream,
-    flushed: watch::Sender<u64>,
+/// buffer is empty). [`Fault::ShortBody`] (and the OVM exporter test
+/// server's cut ranges) wait on it before closing.
+pub(crate) struct FlushSignalIo<I> {
+    pub(crate) inner: I,
+    pub(crate) flushed: watch::Sender<u64>,
 }
 
-impl AsyncRead for FlushSignalIo {
+impl<I: AsyncRead + Unpin> AsyncRead for FlushSignalIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -509,7 +510,7 @@ impl AsyncRead for FlushSignalIo {
     }
 }
 
-impl AsyncWrite for FlushSignalIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for FlushSignalIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,10 +6,8 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -25,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -34,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use super::ranges::{self, ByteRange, Multipart, Preconditions, RangeError};
 use super::store::{JSON, Reply, SNIFFED_TEXT, Store, go_json};
 use super::{Route, Shared, jwt, lock};
+use crate::http_server::FlushSignalIo;
 
 type RespBody = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -114,57 +113,6 @@ where
         .await
     {
         tracing::debug!(%error, "OVM exporter test server: connection ended with an error");
-    }
-}
-
-/// The connection, bumping a counter each time hyper's buffered output has
-/// been flushed to it; a dropped body waits on it before closing.
-struct FlushSignalIo<I> {
-    inner: I,
-    flushed: watch::Sender<u64>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FlushSignalIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for FlushSignalIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_flush(cx);
-        if let Poll::Ready(Ok(())) = result {
-            self.flushed.send_modify(|count| *count += 1);
-        }
-        result
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
