@@ -4,7 +4,7 @@
 # On a fresh machine it first installs what is missing: the Rust components
 # (rustfmt, clippy) and, as root through apt-get, the system packages the
 # tests use as real peers. Then: cargo fmt --check, clippy with -D warnings,
-# every test target and every doc test.
+# every test target, every doc test, and the docs built with -D warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,3 +64,6 @@ cargo test --workspace --lib --bins --tests --examples --locked
 
 say "cargo test --doc"
 cargo test --workspace --doc --locked
+
+say "cargo doc (-D warnings: broken links and missing docs fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -17,8 +17,8 @@
 //! any other attribute (MD5, SIZE) is an error naming the line, because a
 //! digest that cannot be checked must not pass as checked.
 //!
-//! [`Manifest::to_string`] writes ovftool's spelling, which every reader
-//! accepts.
+//! [`Manifest`]'s `to_string` ([`Display`](std::fmt::Display)) writes
+//! ovftool's spelling, which every reader accepts.
 //!
 //! ```
 //! use hypersdk_core::digest::{Algorithm, Checksum};

@@ -241,7 +241,17 @@ impl HttpSourceBuilder {
 /// A [`BlockSource`] reading an HTTP(S) URL with `Range` requests.
 ///
 /// Cheap to clone: clones share the client, the counters and the size.
-/// See the [module documentation](self) for what is checked.
+/// What is checked:
+///
+/// - the size comes from a `HEAD`, read from the `Content-Length` header;
+/// - every read is a `GET` with one `Range: bytes=a-b` that must come back
+///   `206 Partial Content` with exactly `Content-Range: bytes a-b/size` and
+///   exactly that many bytes: a `200`, another range or another size is an
+///   [`Error::InvalidData`] naming the URL, never data;
+/// - a body cut short is resumed from the last byte received, with
+///   `If-Match` on the `ETag` from the `HEAD`, under the [`Backoff`] policy;
+/// - an [`HttpAuth`] hook adds credentials to every request and is asked
+///   once to refresh them after a `401`.
 #[derive(Debug, Clone)]
 pub struct HttpSource {
     inner: Arc<Inner>,

@@ -1,7 +1,7 @@
 //! VMDK disks: the streamOptimized format of OVAs and vSphere NFC
 //! transfers, and hosted monolithicSparse.
 //!
-//! - [`format`]: the sparse header, stream markers and text descriptor.
+//! - [`format`](mod@format): the sparse header, stream markers and text descriptor.
 //! - [`decode`]: the streamOptimized decoder over any `AsyncRead` (no
 //!   seeking): checked header and descriptor, then the grains in order,
 //!   inflated in parallel.
