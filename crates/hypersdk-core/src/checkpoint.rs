@@ -443,8 +443,12 @@ pub struct TransferSession {
     /// The items, in transfer order; names are unique.
     #[serde(default)]
     pub items: Vec<TransferItem>,
-    /// Anything else the application needs to resume (options, tokens of
-    /// the target that are not secret), by name.
+    /// Anything else the application needs to resume (options, ids and
+    /// tokens of the target), by name. Session files are mode 0600 in a
+    /// 0700 directory; never put a password here. A short-lived session
+    /// token may go here when resuming needs it (as `ova-upload` keeps a
+    /// vSphere session cookie, like govc's persisted sessions): remove it
+    /// once the transfer is done.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
 }

@@ -22,6 +22,17 @@
 //! fails at once with that error, without another `Login` (repeated failed
 //! logins lock SSO accounts), until [`Client::reconnect`] is called.
 //!
+//! A session can outlive the process that opened it, as govc's
+//! `GOVC_PERSIST_SESSION` does: [`Client::session_cookie`] gives the
+//! session's cookie to persist ([`SessionCookie`]; treat it as a secret for
+//! the session's life) and [`Client::leave_session`] stops using it without
+//! logging it out; another process passes it to
+//! [`ClientBuilder::session_cookie`], and `connect` checks it with one
+//! property read (`SessionManager.currentSession`). A live session is
+//! reused ([`Client::session_reused`]); a dead one is replaced by a normal
+//! login with the credentials. Objects that belong to a session (an
+//! import's `HttpNfcLease`) stay reachable only through the same session.
+//!
 //! Idempotent calls (property reads, `CurrentTime`, `Login`) are retried on
 //! transient failures (network errors, HTTP 5xx without a SOAP fault, 429,
 //! `HostCommunication` faults) with the client's [`Backoff`]. Calls that
@@ -56,8 +67,10 @@ use hypersdk_core::{Error, Result};
 use url::Url;
 
 use crate::soap::{Node, Request, SoapResponse, VimFault, parse_document, parse_response};
-use crate::types::{MoRef, ServiceContent};
-use hypersdk_core::tls::{Thumbprint, pinned_config, tls_failure};
+use crate::types::{
+    MoRef, ObjectSpec, PropertyFilterSpec, PropertySpec, RetrieveResult, ServiceContent,
+};
+use hypersdk_core::tls::{Thumbprint, TlsTrust, tls_failure};
 
 /// The session cookie's name.
 const COOKIE_NAME: &str = "vmware_soap_session";
@@ -111,28 +124,68 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// How the server's certificate is checked.
-#[derive(Clone, Default)]
-enum TlsPolicy {
-    /// The system's roots (reqwest's platform verifier).
-    #[default]
-    SystemRoots,
-    /// Only these CA certificates (PEM).
-    Cas(Vec<Vec<u8>>),
-    /// Only leaf certificates with these thumbprints.
-    Pins(Vec<Thumbprint>),
-    /// Nothing is checked.
-    Insecure,
+/// The cookie of a vSphere login session, in its header form
+/// `vmware_soap_session="…"`: what a caller persists so that another
+/// process continues the session ([`ClientBuilder::session_cookie`]), as
+/// govc does with `GOVC_PERSIST_SESSION`. Whoever holds it is logged in as
+/// the session's user until the session ends (logout, or the server's idle
+/// timeout: 30 minutes by default on vCenter), so keep it like a password
+/// for that long: in a file only its owner can read, never in logs. `Debug`
+/// never shows it.
+///
+/// ```
+/// use hypersdk_vsphere::client::SessionCookie;
+/// let c = SessionCookie::new("\"52a9c1d0\"").unwrap();
+/// assert_eq!(c.expose(), "vmware_soap_session=\"52a9c1d0\"");
+/// assert_eq!(SessionCookie::new(c.expose()).unwrap(), c);
+/// assert_eq!(format!("{c:?}"), "SessionCookie(***)");
+/// assert!(SessionCookie::new("a\r\nX-Evil: 1").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionCookie(String);
+
+impl SessionCookie {
+    /// A cookie as [`SessionCookie::expose`] wrote it
+    /// (`vmware_soap_session=…`), or its bare value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty value or characters an HTTP
+    /// header cannot carry (`;`, control characters, non-ASCII); the
+    /// message does not show the value.
+    pub fn new(cookie: &str) -> Result<Self> {
+        let cookie = cookie.trim();
+        let value = cookie
+            .strip_prefix(COOKIE_NAME)
+            .and_then(|rest| rest.strip_prefix('='))
+            .unwrap_or(cookie)
+            .trim();
+        if value.is_empty() {
+            return Err(Error::invalid_input("the vSphere session cookie is empty"));
+        }
+        if value
+            .bytes()
+            .any(|b| b == b';' || b.is_ascii_control() || !b.is_ascii())
+        {
+            return Err(Error::invalid_input(
+                "the vSphere session cookie holds characters a cookie cannot carry \
+                 (';', control or non-ASCII characters)",
+            ));
+        }
+        Ok(SessionCookie(format!("{COOKIE_NAME}={value}")))
+    }
+
+    /// The cookie as sent in the `Cookie` header
+    /// (`vmware_soap_session="…"`): what to persist. A secret: see the
+    /// [type documentation](SessionCookie).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-impl fmt::Debug for TlsPolicy {
+impl fmt::Debug for SessionCookie {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsPolicy::SystemRoots => f.write_str("SystemRoots"),
-            TlsPolicy::Cas(c) => write!(f, "Cas({} certificates)", c.len()),
-            TlsPolicy::Pins(p) => f.debug_tuple("Pins").field(p).finish(),
-            TlsPolicy::Insecure => f.write_str("Insecure"),
-        }
+        f.write_str("SessionCookie(***)")
     }
 }
 
@@ -153,7 +206,8 @@ pub struct ClientBuilder {
     /// Credentials taken from the URL's user-info.
     url_credentials: Option<Credentials>,
     credentials: Option<Credentials>,
-    tls: TlsPolicy,
+    session_cookie: Option<SessionCookie>,
+    tls: TlsTrust,
     allow_plain_http: bool,
     config_error: Option<String>,
     timeout: Duration,
@@ -178,6 +232,10 @@ impl fmt::Debug for ClientBuilder {
                 "credentials",
                 &self.credentials.as_ref().or(self.url_credentials.as_ref()),
             )
+            .field(
+                "session_cookie",
+                &self.session_cookie.as_ref().map(|_| "***"),
+            )
             .field("tls", &self.tls)
             .field("allow_plain_http", &self.allow_plain_http)
             .field("timeout", &self.timeout)
@@ -200,7 +258,8 @@ impl ClientBuilder {
             url,
             url_credentials,
             credentials: None,
-            tls: TlsPolicy::default(),
+            session_cookie: None,
+            tls: TlsTrust::default(),
             allow_plain_http: false,
             config_error: None,
             timeout: Duration::from_secs(300),
@@ -227,14 +286,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Continues the login session of `cookie` (from
+    /// [`Client::session_cookie`], maybe of another process) instead of
+    /// logging in: `connect` checks it with one read of
+    /// `SessionManager.currentSession` and reuses it when the server still
+    /// knows it ([`Client::session_reused`]), else logs in with the
+    /// credentials as usual. Objects that belong to the session, such as an
+    /// import's `HttpNfcLease`, are reachable only when it was reused.
+    ///
+    /// Credentials are optional with a cookie: without them a session the
+    /// server no longer knows makes `connect` fail with
+    /// [`Error::Unauthenticated`], and so does a later expiry (nothing to
+    /// log in with).
+    pub fn session_cookie(mut self, cookie: SessionCookie) -> Self {
+        self.session_cookie = Some(cookie);
+        self
+    }
+
     /// Trusts only this CA certificate (PEM); may be called several times.
     pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
-        match &mut self.tls {
-            TlsPolicy::Cas(v) => v.push(pem.as_ref().to_vec()),
-            TlsPolicy::SystemRoots => self.tls = TlsPolicy::Cas(vec![pem.as_ref().to_vec()]),
-            _ => self.conflict("ca_pem"),
-        }
-        self
+        let r = self.tls.add_ca_pem(pem.as_ref());
+        self.check(r)
     }
 
     /// Trusts exactly the server certificate with this SHA-1 or SHA-256
@@ -242,15 +314,10 @@ impl ClientBuilder {
     /// times (any pin matches). Checked in the TLS handshake, before any
     /// request is sent. Replaces CA verification.
     pub fn pin_thumbprint(mut self, thumbprint: &str) -> Self {
-        match thumbprint.parse::<Thumbprint>() {
-            Ok(t) => match &mut self.tls {
-                TlsPolicy::Pins(v) => v.push(t),
-                TlsPolicy::SystemRoots => self.tls = TlsPolicy::Pins(vec![t]),
-                _ => self.conflict("pin_thumbprint"),
-            },
-            Err(e) => self.config_error = Some(e.to_string()),
-        }
-        self
+        let r = thumbprint
+            .parse::<Thumbprint>()
+            .and_then(|t| self.tls.pin(t));
+        self.check(r)
     }
 
     /// Allows an `http://` URL: no TLS at all, so the password and the
@@ -269,19 +336,21 @@ impl ClientBuilder {
     /// Accepts any certificate: no protection against an impostor. Only
     /// for lab setups; prefer [`ClientBuilder::pin_thumbprint`].
     pub fn danger_accept_invalid_certs(mut self) -> Self {
-        match self.tls {
-            TlsPolicy::SystemRoots | TlsPolicy::Insecure => self.tls = TlsPolicy::Insecure,
-            _ => self.conflict("danger_accept_invalid_certs"),
-        }
-        self
+        let r = self.tls.accept_invalid();
+        self.check(r)
     }
 
-    fn conflict(&mut self, what: &str) {
-        self.config_error = Some(format!(
-            "{what} conflicts with the TLS policy already set ({:?}): choose CA certificates, \
-             thumbprint pins or accept-invalid, not several",
-            self.tls
-        ));
+    /// Keeps the first configuration error, reported by `connect`.
+    fn check(mut self, r: Result<()>) -> Self {
+        if let Err(e) = r
+            && self.config_error.is_none()
+        {
+            self.config_error = Some(match e {
+                Error::InvalidInput { message } => message,
+                other => other.to_string(),
+            });
+        }
+        self
     }
 
     /// Timeout of one HTTP request (default 5 minutes).
@@ -346,17 +415,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects and logs in.
+    /// Connects and logs in (or reuses the session given to
+    /// [`ClientBuilder::session_cookie`] while the server still knows it).
     ///
     /// # Errors
     ///
     /// - [`Error::InvalidInput`] for a bad URL, thumbprint, CA or TLS
     ///   combination, `http://` without
     ///   [`danger_allow_plain_http`](ClientBuilder::danger_allow_plain_http)
-    ///   or with any TLS option, a zero keep-alive, or missing credentials;
+    ///   or with any TLS option, a zero keep-alive, or missing credentials
+    ///   (without a session cookie);
     /// - [`Error::Other`] naming the TLS failure when the certificate is not
     ///   trusted (nothing was sent);
-    /// - [`Error::Unauthenticated`] when the server refuses the credentials;
+    /// - [`Error::Unauthenticated`] when the server refuses the credentials,
+    ///   or the saved session is gone and there are none;
     /// - network and HTTP errors otherwise.
     pub async fn connect(self) -> Result<Client> {
         if let Some(e) = &self.config_error {
@@ -364,7 +436,7 @@ impl ClientBuilder {
         }
         let url = self.url.clone().map_err(Error::invalid_input)?;
         if url.scheme() == "http" {
-            if !matches!(self.tls, TlsPolicy::SystemRoots) {
+            if !self.tls.is_system_roots() {
                 return Err(Error::invalid_input(format!(
                     "vSphere URL '{url}' is plain http:// but a TLS policy ({:?}) was set: \
                      it would not be checked; use https://",
@@ -383,10 +455,12 @@ impl ClientBuilder {
         let credentials = self
             .credentials
             .clone()
-            .or_else(|| self.url_credentials.clone())
-            .ok_or_else(|| {
-                Error::invalid_input("no credentials: call ClientBuilder::credentials")
-            })?;
+            .or_else(|| self.url_credentials.clone());
+        if credentials.is_none() && self.session_cookie.is_none() {
+            return Err(Error::invalid_input(
+                "no credentials: call ClientBuilder::credentials",
+            ));
+        }
         let http = self.http_client(false)?;
         let transfer_http = self.http_client(true)?;
         let url_text = url.to_string();
@@ -437,6 +511,23 @@ impl ClientBuilder {
             api_version = %api_version,
             "vSphere service content read"
         );
+        let reused = match &self.session_cookie {
+            Some(saved) => {
+                let live =
+                    check_session(&transport, &api_version, &service, &self.backoff, saved).await?;
+                if live.is_none() {
+                    tracing::info!(url = %url_text, "the saved vSphere session is gone; logging in");
+                }
+                live
+            }
+            None => None,
+        };
+        let session_reused = reused.is_some();
+        let session = Session {
+            generation: u64::from(session_reused),
+            cookie: reused,
+            refused: None,
+        };
         let inner = Arc::new(Inner {
             transport,
             transfer_http,
@@ -444,7 +535,8 @@ impl ClientBuilder {
             credentials,
             service,
             api_version,
-            session: Mutex::new(Session::default()),
+            session_reused,
+            session: Mutex::new(session),
             login_lock: tokio::sync::Mutex::new(()),
             backoff: self.backoff,
             task_poll: self.task_poll,
@@ -454,7 +546,11 @@ impl ClientBuilder {
             closed: AtomicBool::new(false),
         });
         let client = Client { inner };
-        client.login().await?;
+        if session_reused {
+            tracing::debug!(url = %client.url(), "vSphere session reused");
+        } else {
+            client.login().await?;
+        }
         if let Some(idle) = self.keep_alive {
             spawn_keep_alive(Arc::downgrade(&client.inner), idle);
         }
@@ -480,36 +576,58 @@ impl ClientBuilder {
             .tcp_keepalive(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hypersdk-vsphere/", env!("CARGO_PKG_VERSION")));
-        b = match &self.tls {
-            TlsPolicy::SystemRoots => b,
-            TlsPolicy::Cas(pems) => {
-                let mut certs = Vec::new();
-                for pem in pems {
-                    let found = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                        Error::invalid_input(format!("CA certificate is not valid PEM: {e}"))
-                    })?;
-                    if found.is_empty() {
-                        return Err(Error::invalid_input(
-                            "CA PEM holds no certificate".to_owned(),
-                        ));
-                    }
-                    certs.extend(found);
-                }
-                b.tls_certs_only(certs)
-            }
-            TlsPolicy::Pins(pins) => b.tls_backend_preconfigured(pinned_config(pins.clone())?),
-            TlsPolicy::Insecure => {
-                tracing::warn!(
-                    "vSphere client built with danger_accept_invalid_certs: the server is not authenticated"
-                );
-                b.tls_danger_accept_invalid_certs(true)
-            }
+        let peer = match &self.url {
+            Ok(u) => redact_url(u.as_str()),
+            Err(_) => "vSphere".to_owned(),
         };
+        b = self.tls.apply(b, &peer)?;
         b.build().map_err(|e| Error::Other {
             message: format!("building the HTTP client: {e}"),
             source: Some(Box::new(e)),
         })
     }
+}
+
+/// Whether the server still knows the session of `saved`: one read of
+/// `SessionManager.currentSession` with it (retried on transient
+/// failures). Returns the cookie to go on with (a new one if the server
+/// sent one), or `None` when the session is gone (`NotAuthenticated` as a
+/// fault or, as vcsim answers, in `missingSet`; or no `currentSession`).
+async fn check_session(
+    transport: &Transport,
+    version: &str,
+    service: &ServiceContent,
+    backoff: &Backoff,
+    saved: &SessionCookie,
+) -> Result<Option<String>> {
+    let spec = PropertyFilterSpec::new(
+        vec![PropertySpec::new("SessionManager", ["currentSession"])],
+        vec![ObjectSpec::new(service.session_manager.clone())],
+    );
+    let mut req = Request::new("RetrievePropertiesEx", &service.property_collector);
+    spec.write(&mut req, "specSet");
+    req.start("options").int("maxObjects", 1).end();
+    let (resp, new_cookie) = retry(backoff, "checking the saved vSphere session", |_| {
+        transport.post(&req, version, Some(saved.expose()))
+    })
+    .await?;
+    let node = match resp {
+        Ok(n) => n,
+        Err(f) if f.is("NotAuthenticated") => return Ok(None),
+        Err(f) => return Err(fault_to_error(f, "checking the saved vSphere session")),
+    };
+    if missing_not_authenticated(&node) {
+        return Ok(None);
+    }
+    let live = RetrieveResult::from_response(node)
+        .objects
+        .iter()
+        .filter(|o| o.obj == service.session_manager)
+        .any(|o| {
+            o.prop("currentSession")
+                .is_some_and(|s| !s.children.is_empty() || !s.text.trim().is_empty())
+        });
+    Ok(live.then(|| new_cookie.unwrap_or_else(|| saved.expose().to_owned())))
 }
 
 /// `https://host` → `https://host/sdk`; user-info is taken out.
@@ -826,9 +944,12 @@ struct Inner {
     /// `ServiceContent.ovfManager` (`OvfManager` on vCenter,
     /// `ha-ovf-manager` on ESXi).
     ovf_manager: Option<MoRef>,
-    credentials: Credentials,
+    /// `None` only when connected with a session cookie alone.
+    credentials: Option<Credentials>,
     service: ServiceContent,
     api_version: String,
+    /// Whether `connect` reused the session of a saved cookie.
+    session_reused: bool,
     session: Mutex<Session>,
     login_lock: tokio::sync::Mutex<()>,
     backoff: Backoff,
@@ -924,7 +1045,11 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("url", &self.inner.transport.url_text)
-            .field("username", &self.inner.credentials.username)
+            .field(
+                "username",
+                &self.inner.credentials.as_ref().map(Credentials::username),
+            )
+            .field("session_reused", &self.inner.session_reused)
             .field("api_type", &self.inner.service.about.api_type)
             .field("api_version", &self.inner.api_version)
             .finish_non_exhaustive()
@@ -1022,10 +1147,47 @@ impl Client {
         self.inner.task_timeout
     }
 
-    /// How many times this client has logged in (1 after connecting, +1
-    /// per re-login after a session expired).
+    /// How many sessions this client has used: 1 after connecting (by a
+    /// login or a reused session), +1 per re-login after a session expired.
     pub fn session_generation(&self) -> u64 {
         lock(&self.inner.session).generation
+    }
+
+    /// Whether `connect` reused the session of the cookie given to
+    /// [`ClientBuilder::session_cookie`] (rather than logging in): objects
+    /// of that session, such as an import lease, are reachable. Stays true
+    /// after a later re-login; compare [`Client::session_generation`]
+    /// with 1 to know whether the session is still the reused one.
+    pub fn session_reused(&self) -> bool {
+        self.inner.session_reused
+    }
+
+    /// The current session's cookie, to persist for
+    /// [`ClientBuilder::session_cookie`] (it changes after a re-login);
+    /// `None` once logged out. A secret: see [`SessionCookie`].
+    pub fn session_cookie(&self) -> Option<SessionCookie> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.inner.session)
+            .cookie
+            .as_deref()
+            .and_then(|c| SessionCookie::new(c).ok())
+    }
+
+    /// Stops using the session **without logging it out**, so that
+    /// another process can continue it with the returned cookie (what a
+    /// process that hands over an import lease does before it exits:
+    /// dropping the last clone of a client logs its session out). Later
+    /// calls on this client and its clones fail with
+    /// [`Error::Unauthenticated`]; the keep-alive stops. The session lives
+    /// on the server until its idle timeout.
+    pub fn leave_session(&self) -> Option<SessionCookie> {
+        if self.inner.closed.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let cookie = lock(&self.inner.session).cookie.take();
+        cookie.and_then(|c| SessionCookie::new(&c).ok())
     }
 
     fn session(&self) -> (Option<String>, u64) {
@@ -1068,12 +1230,22 @@ impl Client {
     /// carries a live session). Callers hold the login lock.
     async fn login(&self) -> Result<()> {
         let inner = &self.inner;
+        let Some(credentials) = &inner.credentials else {
+            return Err(Error::Unauthenticated {
+                object: format!(
+                    "{} (the saved session is gone and no credentials were given to log in \
+                     again)",
+                    self.url()
+                ),
+                source: None,
+            });
+        };
         let mut req = Request::new("Login", &inner.service.session_manager);
-        req.text("userName", &inner.credentials.username)
-            .text("password", &inner.credentials.password);
+        req.text("userName", &credentials.username)
+            .text("password", &credentials.password);
         let what = format!(
             "vSphere login of '{}' at {}",
-            inner.credentials.username,
+            credentials.username,
             self.url()
         );
         let (resp, cookie) = retry(&inner.backoff, "vSphere Login", |_| {
@@ -1094,7 +1266,7 @@ impl Client {
             s.refused = None;
         }
         *lock(&inner.last_used) = Instant::now();
-        tracing::debug!(user = %inner.credentials.username, url = %self.url(), "vSphere session opened");
+        tracing::debug!(user = %credentials.username, url = %self.url(), "vSphere session opened");
         Ok(())
     }
 

@@ -82,13 +82,35 @@
 //! one-pass stream ([`import_ova_reader`]) can be restarted only while none
 //! of its disk bytes were read.
 //!
+//! # Continuing an import in another process
+//!
 //! A process killed during an import leaves its VM and lease on the server
-//! (the lease expires after its timeout, 5 minutes on vSphere, and vSphere
-//! then removes the VM; vcsim keeps it). Import leases belong to the
-//! session that created them, so a new process cannot continue one: it
-//! calls [`clean_up_leftover`] with what [`ImportObserver::lease_ready`]
-//! reported (recorded in a checkpoint, as the `ova-upload` example does)
-//! and imports again.
+//! (the lease expires after its `leaseTimeout` without
+//! `HttpNfcLeaseProgress`, 5 minutes on vSphere, and vSphere then removes
+//! the VM and the uploaded files; vcsim keeps the VM). The files already
+//! uploaded are not lost while the lease lives, so the import can go on
+//! **within the same lease**, skipping them: [`ImportObserver::reattach_state`]
+//! hands out a serialisable [`ReattachState`] (lease, VM, file URLs, which
+//! files are finished) as the import goes; [`StartedImport::detach`] gives
+//! one for an import whose files the caller sends. [`reattach_ova`] then
+//! checks that the lease is still `ready`, renews it at once, restarts the
+//! keep-alive, uploads only the unfinished files from the same OVA, and
+//! completes the lease: the same VM.
+//!
+//! An import lease belongs to the login session that created it (its
+//! moref is session-scoped), so this works only through that session:
+//! persist [`Client::session_cookie`] with the state and connect with
+//! [`ClientBuilder::session_cookie`](crate::ClientBuilder::session_cookie)
+//! (a process that exits on purpose calls [`Client::leave_session`] first:
+//! dropping a client logs its session out). When the session or the lease
+//! is gone, or the lease is no longer `ready`, [`reattach_ova`] sends,
+//! completes, aborts and destroys nothing and fails with an
+//! [`Error::NotFound`] whose source is a
+//! [`LeaseUnusable`] ([`lease_unusable`]); the caller then calls
+//! [`clean_up_leftover`] with [`ReattachState::leftover`] (or what
+//! [`ImportObserver::lease_ready`] reported) and imports again from the
+//! first file, as the `ova-upload` example does. Inside a file nothing can
+//! be resumed: a file cut mid-upload is sent again from its start.
 //!
 //! ```no_run
 //! # async fn demo(client: &hypersdk_vsphere::Client) -> hypersdk_core::Result<()> {
@@ -118,7 +140,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use hypersdk_core::blocks::{BlockSource, reqwest_error};
-use hypersdk_core::digest::MultiHasher;
+use hypersdk_core::digest::{Algorithm, Checksum, MultiHasher};
 use hypersdk_core::error::redact_url;
 use hypersdk_core::model::{DiskFormat, Extent};
 use hypersdk_core::progress::{Phase, Progress};
@@ -133,12 +155,14 @@ use hypersdk_ova::vmdk::format::{MAGIC, SECTOR, SparseHeader};
 use hypersdk_ova::vmdk::sparse::HostedDisk;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 
 use crate::client::{Client, fault_to_error};
 use crate::datastore::{DatastoreInfo, datacenters_and_datastores, manager, view_objects};
 use crate::inventory::find_by_inventory_path;
 use crate::lease::{DeviceUrl, LeaseProgress, NfcLease};
+pub use crate::lease::{LeaseUnusable, lease_unusable};
 use crate::property::{retrieve, retrieve_one};
 use crate::soap::{Node, Request, SoapResponse, VimFault, parse_response};
 use crate::tasks::wait_for_task;
@@ -358,6 +382,183 @@ pub struct Leftover {
     pub lease: Option<MoRef>,
 }
 
+/// What continuing an import needs ([`reattach_ova`]): its lease, its VM,
+/// the files with their lease URLs, and which were uploaded whole. See the
+/// [module documentation](self#continuing-an-import-in-another-process).
+///
+/// Serialisable (serde), to be persisted together with the login
+/// session's cookie ([`Client::session_cookie`]): the lease belongs to
+/// that session. The lease URLs carry no credentials, but whoever knows
+/// one may be able to send that file while the lease lives: keep the state
+/// as private as the cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReattachState {
+    /// The SOAP URL of the server the import runs on ([`Client::url`]).
+    pub server: String,
+    /// The import's `HttpNfcLease`.
+    #[serde(with = "moref_serde")]
+    pub lease: MoRef,
+    /// The VM (or vApp) being imported.
+    #[serde(with = "moref_serde")]
+    pub entity: MoRef,
+    /// Its name.
+    pub name: String,
+    /// SHA-256 (hex) of the OVF descriptor given to `CreateImportSpec`:
+    /// [`reattach_ova`] refuses an OVA whose descriptor differs.
+    pub descriptor_sha256: String,
+    /// The lease's `leaseTimeout` in seconds: how long it lives without
+    /// renewal.
+    pub lease_timeout_secs: u32,
+    /// The file items, in the import spec's order.
+    pub files: Vec<ReattachFile>,
+}
+
+/// One file item of a [`ReattachState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReattachFile {
+    /// The OVF `href`.
+    pub path: String,
+    /// The import spec's `deviceId` (the lease URL's `importKey`).
+    pub device_id: String,
+    /// The lease URL it goes to.
+    pub url: String,
+    /// New content (`PUT`) rather than a disk (`POST`); see [`ImportUrl`].
+    pub create: bool,
+    /// Whether it was uploaded whole (the server acknowledged it).
+    #[serde(default)]
+    pub finished: bool,
+    /// Bytes sent, once finished.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+impl ReattachState {
+    /// What to remove when the import cannot be continued
+    /// ([`clean_up_leftover`]).
+    pub fn leftover(&self) -> Leftover {
+        Leftover {
+            entity: self.entity.clone(),
+            name: self.name.clone(),
+            lease: Some(self.lease.clone()),
+        }
+    }
+
+    /// Whether the file `path` was uploaded whole.
+    pub fn is_finished(&self, path: &str) -> bool {
+        self.files.iter().any(|f| f.path == path && f.finished)
+    }
+
+    /// The files still to upload.
+    pub fn remaining(&self) -> impl Iterator<Item = &ReattachFile> {
+        self.files.iter().filter(|f| !f.finished)
+    }
+
+    /// Records that the file `path` was uploaded whole (`bytes` sent), for
+    /// a caller that sends the files itself ([`begin_import`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when the import has no such file.
+    pub fn mark_finished(&mut self, path: &str, bytes: u64) -> Result<()> {
+        let file = self
+            .files
+            .iter_mut()
+            .find(|f| f.path == path)
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "the import of '{}' has no file '{path}'",
+                    self.name
+                ))
+            })?;
+        file.finished = true;
+        file.bytes = bytes;
+        Ok(())
+    }
+
+    /// The state of a lease that is ready, before any file was sent.
+    fn new(
+        client: &Client,
+        lease: &NfcLease,
+        entity: &MoRef,
+        name: &str,
+        descriptor: &str,
+        items: &[FileItem],
+    ) -> Self {
+        let files = items
+            .iter()
+            .map(|item| ReattachFile {
+                path: item.path.clone(),
+                device_id: item.device_id.clone(),
+                url: lease
+                    .info()
+                    .device_urls
+                    .iter()
+                    .find(|d| d.import_key == item.device_id)
+                    .map(|d| d.url.clone())
+                    .unwrap_or_default(),
+                create: item.create,
+                finished: false,
+                bytes: 0,
+            })
+            .collect();
+        ReattachState {
+            server: client.url().to_owned(),
+            lease: lease.moref().clone(),
+            entity: entity.clone(),
+            name: name.to_owned(),
+            descriptor_sha256: descriptor_sha256(descriptor),
+            lease_timeout_secs: lease.info().lease_timeout_secs,
+            files,
+        }
+    }
+
+    /// The file items to upload, as the import spec listed them.
+    fn items(&self) -> Vec<FileItem> {
+        self.files
+            .iter()
+            .map(|f| FileItem {
+                device_id: f.device_id.clone(),
+                path: f.path.clone(),
+                size: None,
+                create: f.create,
+            })
+            .collect()
+    }
+}
+
+fn descriptor_sha256(descriptor: &str) -> String {
+    Checksum::compute(Algorithm::Sha256, descriptor.as_bytes()).to_hex()
+}
+
+/// A [`MoRef`] in JSON as `{"type": "HttpNfcLease", "value": "52…"}`.
+mod moref_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::types::MoRef;
+
+    #[derive(Serialize, Deserialize)]
+    struct Repr {
+        #[serde(rename = "type")]
+        kind: String,
+        value: String,
+    }
+
+    pub(super) fn serialize<S: Serializer>(m: &MoRef, s: S) -> Result<S::Ok, S::Error> {
+        Repr {
+            kind: m.kind.clone(),
+            value: m.value.clone(),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MoRef, D::Error> {
+        let r = Repr::deserialize(d)?;
+        Ok(MoRef::new(r.kind, r.value))
+    }
+}
+
 /// Callbacks about an import's progress on the server, for callers that
 /// record it (a resumable session, a log). Every method has a default that
 /// does nothing. They are called from the import's task: keep them short.
@@ -372,6 +573,18 @@ pub trait ImportObserver: Send + Sync + fmt::Debug {
     /// The file item `path` (the OVF `href`) was uploaded whole.
     fn file_uploaded(&self, path: &str, bytes: u64) {
         let _ = (path, bytes);
+    }
+
+    /// What [`reattach_ova`] needs to continue this import in another
+    /// process while its lease and login session live: called when the
+    /// lease is ready (after [`ImportObserver::lease_ready`]) and again
+    /// after each file was uploaded whole (after
+    /// [`ImportObserver::file_uploaded`]). Persist the latest one, with
+    /// [`Client::session_cookie`]; drop it once
+    /// [`ImportObserver::finished`] or [`ImportObserver::cleaned_up`] is
+    /// called.
+    fn reattach_state(&self, state: &ReattachState) {
+        let _ = state;
     }
 
     /// An attempt failed; `retrying` says whether another follows.
@@ -598,6 +811,9 @@ pub struct ImportReport {
     pub attempts: u32,
     /// Wall time.
     pub elapsed: Duration,
+    /// The files [`reattach_ova`] did not send because an earlier run had
+    /// uploaded them whole (empty for a fresh import).
+    pub skipped: Vec<String>,
 }
 
 /// Imports the OVA file at `path`. See the [module documentation](self).
@@ -2048,14 +2264,50 @@ async fn attempt(
         name: name.clone(),
         lease: Some(lease_ref.clone()),
     };
+    let mut state = ReattachState::new(client, &lease, &entity, &name, &descriptor, &spec.items);
     if let Some(o) = &opts.observer {
         o.lease_ready(attempt_no, &leftover);
+        o.reattach_state(&state);
     }
     let mut guard = DestroyGuard {
         client: client.clone(),
         entity: (!opts.keep_on_failure).then(|| entity.clone()),
     };
-    let uploaded = upload_all(client, package, reader, &spec, &lease, opts, consumed).await;
+    let uploaded = upload_all(
+        client,
+        package,
+        reader,
+        &spec.items,
+        &lease,
+        opts,
+        consumed,
+        &mut state,
+    )
+    .await;
+    let files = conclude(client, lease, uploaded, &leftover, &mut guard, opts).await?;
+    Ok(ImportReport {
+        vm: entity,
+        name,
+        files,
+        warnings: spec.warnings,
+        attempts: attempt_no,
+        elapsed: Duration::ZERO,
+        skipped: Vec::new(),
+    })
+}
+
+/// Ends an import's lease after its uploads: completes it when they all
+/// went through (then powers the VM on if asked), else aborts it and
+/// destroys the VM (unless `keep_on_failure`), telling the observer.
+async fn conclude(
+    client: &Client,
+    lease: NfcLease,
+    uploaded: Result<Vec<ImportedFile>>,
+    leftover: &Leftover,
+    guard: &mut DestroyGuard,
+    opts: &OvaImportOptions,
+) -> Result<Vec<ImportedFile>> {
+    let entity = &leftover.entity;
     let finished = match uploaded {
         Ok(files) => lease.complete().await.map(|()| files),
         Err(e) => {
@@ -2066,43 +2318,35 @@ async fn attempt(
             Err(e)
         }
     };
+    guard.entity = None;
     match finished {
         Ok(files) => {
-            guard.entity = None;
             if let Some(o) = &opts.observer {
-                o.finished(&entity);
+                o.finished(entity);
             }
             if opts.power_on && entity.kind == "VirtualMachine" {
-                power_on(client, &entity).await?;
+                power_on(client, entity).await?;
             }
-            Ok(ImportReport {
-                vm: entity,
-                name,
-                files,
-                warnings: spec.warnings,
-                attempts: attempt_no,
-                elapsed: Duration::ZERO,
-            })
+            Ok(files)
         }
         Err(e) => {
-            guard.entity = None;
             if opts.keep_on_failure {
                 tracing::warn!(entity = %entity, "import failed; keeping the half-imported VM as asked");
                 if let Some(o) = &opts.observer {
-                    o.cleaned_up(&leftover, true);
+                    o.cleaned_up(leftover, true);
                 }
             } else {
-                match destroy(client, &entity).await {
+                match destroy(client, entity).await {
                     Ok(()) => {
                         tracing::info!(entity = %entity, "destroyed the half-imported VM");
                         if let Some(o) = &opts.observer {
-                            o.cleaned_up(&leftover, false);
+                            o.cleaned_up(leftover, false);
                         }
                     }
                     Err(d) if d.kind() == ErrorKind::NotFound => {
                         // The server removed it with the lease.
                         if let Some(o) = &opts.observer {
-                            o.cleaned_up(&leftover, false);
+                            o.cleaned_up(leftover, false);
                         }
                     }
                     Err(d) => {
@@ -2113,6 +2357,187 @@ async fn attempt(
             Err(e)
         }
     }
+}
+
+/// Continues an import of the OVA file at `path` within its lease, from
+/// `state` as [`ImportObserver::reattach_state`] or
+/// [`StartedImport::detach`] gave it (maybe in a process that was killed
+/// since): checks that the OVA is the one the import started with (same
+/// descriptor, same files), that the lease is still `ready` and is the one
+/// recorded (same VM, same URLs for the files left), renews it at once
+/// and keeps it alive, uploads only the files not
+/// [finished](ReattachFile::finished) (read, converted and checked as
+/// [`import_ova`] does), completes the lease and returns the report of the
+/// same VM ([`ImportReport::skipped`] lists the files not sent again).
+///
+/// `client` must use the login session that created the lease
+/// ([`ClientBuilder::session_cookie`](crate::ClientBuilder::session_cookie)
+/// with [`Client::session_reused`] true, or the client that started the
+/// import). The placement and naming options of `opts` are not used; its
+/// progress, observer, verification, encoding, `keep_on_failure` and
+/// `power_on` are. The observer hears `reattach_state` and
+/// `file_uploaded` per file and `finished` or `cleaned_up` at the end, not
+/// `lease_ready`. There is no restart: a failure during the uploads or the
+/// completion aborts the lease and destroys the VM (unless
+/// `keep_on_failure`), and the caller imports again.
+///
+/// # Errors
+///
+/// - [`Error::NotFound`] with a [`LeaseUnusable`] source
+///   ([`lease_unusable`]) when the lease is gone for this session, not
+///   `ready` (timed out), or not the one recorded (another server, VM or
+///   URLs): no file was sent, nothing completed, aborted or destroyed
+///   (a `ready` lease may have been renewed once); remove the leftover
+///   with [`clean_up_leftover`] and [`ReattachState::leftover`], then
+///   import again;
+/// - [`Error::InvalidInput`] when the OVA is not the one the import
+///   started with (nothing changed either);
+/// - as [`import_ova`] for the OVA, the uploads and the completion (the
+///   lease is then aborted and the VM destroyed).
+pub async fn reattach_ova(
+    client: &Client,
+    state: &ReattachState,
+    path: &Path,
+    opts: &OvaImportOptions,
+) -> Result<ImportReport> {
+    let started = Instant::now();
+    if state.server != client.url() {
+        return Err(LeaseUnusable::Mismatch {
+            detail: format!(
+                "it was made on {}, this client talks to {}",
+                redact_url(&state.server),
+                client.url()
+            ),
+        }
+        .into_error(&state.lease));
+    }
+    let package = IndexedPackage::open(path, opts).await?;
+    if descriptor_sha256(&package.descriptor) != state.descriptor_sha256 {
+        return Err(Error::invalid_input(format!(
+            "OVA '{}' is not the package the import of '{}' started with: its OVF descriptor \
+             differs (another OVA, or other conversion options)",
+            path.display(),
+            state.name
+        )));
+    }
+    if let Some(f) = state
+        .files
+        .iter()
+        .find(|f| !package.files.iter().any(|p| p.href == f.path))
+    {
+        return Err(Error::invalid_input(format!(
+            "OVA '{}' lacks '{}', a file of the import of '{}'",
+            path.display(),
+            f.path,
+            state.name
+        )));
+    }
+    let len_of = |f: &ReattachFile| {
+        if f.finished {
+            return f.bytes;
+        }
+        package
+            .files
+            .iter()
+            .find(|p| p.href == f.path)
+            .and_then(|p| p.upload_len)
+            .unwrap_or(0)
+    };
+    let total: u64 = state.files.iter().map(len_of).sum();
+    let done: u64 = state.files.iter().filter(|f| f.finished).map(len_of).sum();
+    let percent = if total == 0 {
+        0
+    } else {
+        u8::try_from(u128::from(done.min(total)) * 100 / u128::from(total)).unwrap_or(100)
+    };
+    let lease = NfcLease::reattach(client, state.lease.clone(), percent).await?;
+    if let Some(problem) = reattach_mismatch(state, &lease) {
+        // Not ours to end: leave it as it was found.
+        lease.detach();
+        return Err(LeaseUnusable::Mismatch { detail: problem }.into_error(&state.lease));
+    }
+    let skipped: Vec<String> = state
+        .files
+        .iter()
+        .filter(|f| f.finished)
+        .map(|f| f.path.clone())
+        .collect();
+    tracing::info!(
+        lease = %state.lease.value,
+        entity = %state.entity,
+        skipped = skipped.len(),
+        left = state.files.len() - skipped.len(),
+        "continuing the import within its lease"
+    );
+    let leftover = state.leftover();
+    let mut guard = DestroyGuard {
+        client: client.clone(),
+        entity: (!opts.keep_on_failure).then(|| state.entity.clone()),
+    };
+    let mut state = state.clone();
+    let items = state.items();
+    let mut package = Package::Indexed(Box::new(package));
+    let mut consumed = false;
+    let uploaded = upload_all(
+        client,
+        &mut package,
+        None,
+        &items,
+        &lease,
+        opts,
+        &mut consumed,
+        &mut state,
+    )
+    .await;
+    let files = conclude(client, lease, uploaded, &leftover, &mut guard, opts).await?;
+    Ok(ImportReport {
+        vm: state.entity.clone(),
+        name: state.name.clone(),
+        files,
+        warnings: Vec::new(),
+        attempts: 1,
+        elapsed: started.elapsed(),
+        skipped,
+    })
+}
+
+/// What makes `lease` another lease than the one `state` recorded: another
+/// entity, or a URL of a file still to send that changed or is missing.
+fn reattach_mismatch(state: &ReattachState, lease: &NfcLease) -> Option<String> {
+    let info = lease.info();
+    if info.entity.as_ref() != Some(&state.entity) {
+        return Some(format!(
+            "its entity is {}, the import's is {}",
+            info.entity
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), ToString::to_string),
+            state.entity
+        ));
+    }
+    for f in state.remaining() {
+        match info
+            .device_urls
+            .iter()
+            .find(|d| d.import_key == f.device_id)
+        {
+            None => {
+                return Some(format!(
+                    "it has no URL for '{}' ({}) any more",
+                    f.path, f.device_id
+                ));
+            }
+            Some(d) if d.url != f.url => {
+                return Some(format!(
+                    "the URL of '{}' changed from {} to {}",
+                    f.path,
+                    redact_url(&f.url),
+                    redact_url(&d.url)
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// One file of a [`StartedImport`]: where to send it and how.
@@ -2133,12 +2558,13 @@ pub struct ImportUrl {
 
 /// An import whose lease is ready, for callers that send the files
 /// themselves (another HTTP client, a pipeline of their own): made by
-/// [`begin_import`]. The lease is kept alive until [`complete`] or
-/// [`abort`]; dropped without either, the lease is aborted and the VM
-/// destroyed in the background.
+/// [`begin_import`]. The lease is kept alive until [`complete`],
+/// [`abort`] or [`detach`]; dropped without any, the lease is aborted and
+/// the VM destroyed in the background.
 ///
 /// [`complete`]: StartedImport::complete
 /// [`abort`]: StartedImport::abort
+/// [`detach`]: StartedImport::detach
 #[derive(Debug)]
 pub struct StartedImport {
     client: Client,
@@ -2149,6 +2575,7 @@ pub struct StartedImport {
     warnings: Vec<String>,
     keep_on_failure: bool,
     guard: Option<DestroyGuard>,
+    state: ReattachState,
 }
 
 impl StartedImport {
@@ -2175,6 +2602,28 @@ impl StartedImport {
     /// The percentage the lease's keep-alive reports; set it as bytes go.
     pub fn progress(&self) -> Option<LeaseProgress> {
         self.lease.as_ref().map(NfcLease::progress)
+    }
+
+    /// Leaves the import on the server, for [`reattach_ova`] to finish
+    /// later or in another process: the lease's keep-alive stops, the
+    /// lease is neither completed nor aborted, the VM is not destroyed.
+    /// Returns the state to persist, every file unfinished: mark those the
+    /// caller sent whole with [`ReattachState::mark_finished`].
+    ///
+    /// The lease then lives for its `leaseTimeout` without renewal (300 s
+    /// on vSphere; [`ReattachState::lease_timeout_secs`]) and only for this
+    /// client's login session: persist [`Client::session_cookie`] too, and
+    /// before this process ends call [`Client::leave_session`] (dropping
+    /// the last clone of a client logs its session out).
+    pub fn detach(mut self) -> ReattachState {
+        if let Some(g) = self.guard.as_mut() {
+            g.entity = None;
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.detach();
+        }
+        tracing::info!(entity = %self.entity, lease = %self.state.lease.value, "import detached; its lease is left to its timeout");
+        self.state.clone()
     }
 
     /// Completes the lease: the VM is imported.
@@ -2270,6 +2719,7 @@ pub async fn begin_import(
         client: client.clone(),
         entity: (!opts.keep_on_failure).then(|| entity.clone()),
     };
+    let state = ReattachState::new(client, &lease, &entity, &name, descriptor, &spec.items);
     let mut files = Vec::new();
     for item in &spec.items {
         let Some(url) = lease
@@ -2301,6 +2751,7 @@ pub async fn begin_import(
         warnings: spec.warnings,
         keep_on_failure: opts.keep_on_failure,
         guard: Some(guard),
+        state,
     })
 }
 
@@ -2332,19 +2783,31 @@ impl Totals {
     }
 }
 
-/// Uploads every file item, in the package's order.
+/// Uploads every file item `state` does not list as finished, in the
+/// package's order, marking each in `state` (and telling the observer)
+/// once it went through.
+#[allow(clippy::too_many_arguments)]
 async fn upload_all(
     client: &Client,
     package: &mut Package,
     reader: Option<OpenedStream>,
-    spec: &ImportSpec,
+    all_items: &[FileItem],
     lease: &NfcLease,
     opts: &OvaImportOptions,
     consumed: &mut bool,
+    state: &mut ReattachState,
 ) -> Result<Vec<ImportedFile>> {
+    let items: Vec<&FileItem> = all_items
+        .iter()
+        .filter(|i| !state.is_finished(&i.path))
+        .collect();
+    let mut done_already = 0u64;
+    for f in state.files.iter().filter(|f| f.finished) {
+        done_already = done_already.saturating_add(f.bytes);
+    }
     // fileItem path → (item, device URL)
     let mut targets: HashMap<String, (FileItem, DeviceUrl)> = HashMap::new();
-    for item in &spec.items {
+    for item in &items {
         let url = lease
             .info()
             .device_urls
@@ -2359,15 +2822,14 @@ async fn upload_all(
                     ),
                 )
             })?;
-        targets.insert(item.path.clone(), (item.clone(), url.clone()));
+        targets.insert(item.path.clone(), ((*item).clone(), url.clone()));
     }
     let planned: Vec<PlannedFile> = match &*package {
         Package::Indexed(p) => p.files.clone(),
         Package::Memory(p) => p.files.clone(),
         Package::Stream(_) => Vec::new(),
     };
-    let total: u64 = spec
-        .items
+    let total: u64 = items
         .iter()
         .map(|i| {
             planned
@@ -2377,17 +2839,28 @@ async fn upload_all(
                 .or(i.size)
                 .unwrap_or(0)
         })
-        .sum();
+        .sum::<u64>()
+        .saturating_add(done_already);
     let totals = Totals {
-        done: Arc::default(),
+        done: Arc::new(AtomicU64::new(done_already)),
         total,
         lease: lease.progress(),
     };
     let mut out = Vec::new();
     let mut clients = NfcClients::new(client);
+    // Records a finished file: the state, then the observer.
+    let mut finished = |item: &FileItem, sent: u64| {
+        if let Err(e) = state.mark_finished(&item.path, sent) {
+            tracing::debug!(error = %e, "file not in the reattach state");
+        }
+        if let Some(o) = &opts.observer {
+            o.file_uploaded(&item.path, sent);
+            o.reattach_state(state);
+        }
+    };
     match package {
         Package::Indexed(p) => {
-            for item in &spec.items {
+            for item in items {
                 let file = p
                     .files
                     .iter()
@@ -2397,13 +2870,11 @@ async fn upload_all(
                 let data = p.open_file(file, opts).await?;
                 let sent = send_file(&mut clients, item, url, file, data, &totals, opts).await?;
                 out.push(imported(item, file, sent));
-                if let Some(o) = &opts.observer {
-                    o.file_uploaded(&item.path, sent);
-                }
+                finished(item, sent);
             }
         }
         Package::Memory(p) => {
-            for item in &spec.items {
+            for item in items {
                 let file = p
                     .files
                     .iter()
@@ -2434,9 +2905,7 @@ async fn upload_all(
                 };
                 let sent = send_file(&mut clients, item, url, &file, data, &totals, opts).await?;
                 out.push(imported(item, &file, sent));
-                if let Some(o) = &opts.observer {
-                    o.file_uploaded(&item.path, sent);
-                }
+                finished(item, sent);
             }
         }
         Package::Stream(p) => {
@@ -2504,9 +2973,7 @@ async fn upload_all(
                 let data = stream::iter(first.into_iter().map(Ok)).chain(rest).boxed();
                 let sent = send_file(&mut clients, item, url, &file, data, &totals, opts).await?;
                 out.push(imported(item, &file, sent));
-                if let Some(o) = &opts.observer {
-                    o.file_uploaded(&item.path, sent);
-                }
+                finished(item, sent);
             }
             if let Some(missing) = left.into_iter().next() {
                 return Err(missing_file(&missing));

@@ -17,6 +17,17 @@
 //! logged: an error path or a cancelled future never leaves a lease
 //! holding the VM locked until its timeout.
 //!
+//! A lease can also change hands: [`NfcLease::detach`] stops the
+//! keep-alive and lets go of the lease *without* ending it, and
+//! [`NfcLease::reattach`] takes over a lease that is still `ready` (checked
+//! once, renewed at once) and restarts the keep-alive. The server keeps an
+//! unrenewed lease for its `leaseTimeout` (300 s on vSphere), and an
+//! import lease only for the login session that created it (its moref is
+//! session-scoped), so reattaching needs that session
+//! ([`crate::ClientBuilder::session_cookie`]). A lease that cannot be
+//! taken over gives an [`Error::NotFound`] whose source is a
+//! [`LeaseUnusable`] ([`lease_unusable`] finds it).
+//!
 //! ```no_run
 //! # async fn demo(client: &hypersdk_vsphere::Client, lease: hypersdk_vsphere::types::MoRef) -> hypersdk_core::Result<()> {
 //! use hypersdk_vsphere::lease::NfcLease;
@@ -211,6 +222,95 @@ impl LeaseProgress {
     }
 }
 
+/// Why a lease cannot be taken over ([`NfcLease::reattach`]) or an import
+/// not continued ([`crate::import::reattach_ova`]): the source of the
+/// [`Error::NotFound`] they return, found with [`lease_unusable`]. When it
+/// is returned no file was sent and the lease was neither completed nor
+/// aborted, nor its VM destroyed (a lease found `ready` may have been
+/// renewed once): clean them up with [`crate::import::clean_up_leftover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseUnusable {
+    /// The server does not know the lease in this login session: the
+    /// session that created it is gone (logged out, expired) or this is
+    /// another one, or the lease was completed or aborted.
+    Gone {
+        /// The server's answer.
+        detail: String,
+    },
+    /// The lease is not `ready`: `error` (timed out without progress, or
+    /// failed), `done`, or still `initializing`.
+    NotReady {
+        /// The lease's `state`.
+        state: String,
+        /// The lease's fault (`Timedout: …`), if it has one.
+        fault: Option<String>,
+    },
+    /// The lease is not the one recorded: another entity, device URLs
+    /// that no longer match, another server.
+    Mismatch {
+        /// What differs.
+        detail: String,
+    },
+}
+
+impl fmt::Display for LeaseUnusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseUnusable::Gone { detail } => write!(
+                f,
+                "the lease is gone for this login session (its session ended, this is another \
+                 session, or it was completed or aborted): {detail}"
+            ),
+            LeaseUnusable::NotReady { state, fault } => {
+                write!(f, "the lease is in state '{state}', not 'ready'")?;
+                match fault {
+                    Some(fault) => write!(f, " ({fault})"),
+                    None => Ok(()),
+                }
+            }
+            LeaseUnusable::Mismatch { detail } => {
+                write!(f, "the lease is not the one recorded: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LeaseUnusable {}
+
+impl LeaseUnusable {
+    /// The [`Error::NotFound`] that carries this reason for `lease`.
+    pub fn into_error(self, lease: &MoRef) -> Error {
+        Error::NotFound {
+            object: format!("a usable HttpNfcLease '{}' ({self})", lease.value),
+            source: Some(Box::new(self)),
+        }
+    }
+}
+
+/// The [`LeaseUnusable`] reason behind `error`, if it says a lease cannot
+/// be taken over (see [`NfcLease::reattach`]).
+///
+/// ```
+/// use hypersdk_vsphere::lease::{LeaseUnusable, lease_unusable};
+/// use hypersdk_vsphere::types::MoRef;
+/// let e = LeaseUnusable::NotReady { state: "error".into(), fault: None }
+///     .into_error(&MoRef::new("HttpNfcLease", "52"));
+/// assert_eq!(e.kind(), hypersdk_core::ErrorKind::NotFound);
+/// assert!(matches!(lease_unusable(&e), Some(LeaseUnusable::NotReady { .. })));
+/// assert!(lease_unusable(&hypersdk_core::Error::not_found("x")).is_none());
+/// ```
+pub fn lease_unusable(error: &Error) -> Option<&LeaseUnusable> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cur {
+        if let Some(u) = e.downcast_ref::<LeaseUnusable>() {
+            return Some(u);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// The keep-alive task and its stop signal.
 struct KeepAlive {
     stop: tokio::sync::watch::Sender<bool>,
@@ -329,6 +429,92 @@ impl NfcLease {
         }
     }
 
+    /// Takes over `lease`, which must be `ready` already (one this login
+    /// session created earlier, maybe in a process that was killed): reads
+    /// its `state`, `info` and `error` once, renews it at once with
+    /// `HttpNfcLeaseProgress` at `percent`, and starts the keep-alive.
+    /// Unlike [`NfcLease::wait_ready`] it does not wait, and it never
+    /// aborts a lease it cannot use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] with a [`LeaseUnusable`] source when the lease
+    /// is gone for this session ([`LeaseUnusable::Gone`], also when the
+    /// session itself is gone and cannot be replaced) or not `ready`
+    /// ([`LeaseUnusable::NotReady`], also when the renewal is refused with
+    /// a fault); other errors (network) as they come.
+    pub async fn reattach(client: &Client, lease: MoRef, percent: u8) -> Result<NfcLease> {
+        let what = format!("HttpNfcLease {}", lease.value);
+        let gone = |e: &Error| {
+            matches!(
+                e.kind(),
+                hypersdk_core::ErrorKind::NotFound | hypersdk_core::ErrorKind::Unauthenticated
+            )
+        };
+        let props = match retrieve_one(client, &lease, &["state", "info", "error"]).await {
+            Ok(p) => p,
+            // Unauthenticated: the session is gone and could not be
+            // replaced; a replacement would not see the lease either.
+            Err(e) if gone(&e) => {
+                return Err(LeaseUnusable::Gone {
+                    detail: e.to_string(),
+                }
+                .into_error(&lease));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(m) = props.missing.first() {
+            // Read refused property by property (vcsim's answer without a
+            // session, or an object of another session).
+            return Err(LeaseUnusable::Gone {
+                detail: format!("'{}' could not be read: {}", m.path, m.fault),
+            }
+            .into_error(&lease));
+        }
+        let state = props.text("state").map(str::trim).unwrap_or_default();
+        if state != "ready" {
+            let fault = props
+                .prop("error")
+                .map(|n| VimFault::from_localized(n).to_string());
+            return Err(LeaseUnusable::NotReady {
+                state: if state.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    state.to_owned()
+                },
+                fault,
+            }
+            .into_error(&lease));
+        }
+        let info = props
+            .prop("info")
+            .map(|n| LeaseInfo::from_node(n, client))
+            .ok_or_else(|| Error::invalid_data(&what, "the lease is ready but has no info"))?;
+        let mut req = Request::new("HttpNfcLeaseProgress", &lease);
+        req.int("percent", i64::from(percent.min(100)));
+        match client.invoke_idempotent(&req).await {
+            Ok(_) => {}
+            Err(e) if gone(&e) => {
+                return Err(LeaseUnusable::Gone {
+                    detail: e.to_string(),
+                }
+                .into_error(&lease));
+            }
+            Err(e) if crate::vim_fault(&e).is_some() => {
+                return Err(LeaseUnusable::NotReady {
+                    state: "ready".to_owned(),
+                    fault: Some(format!("renewing it was refused: {e}")),
+                }
+                .into_error(&lease));
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(lease = %lease.value, percent, "NFC lease taken over");
+        let lease = Self::start(client.clone(), lease, info);
+        lease.progress.set_percent(percent);
+        Ok(lease)
+    }
+
     fn start(client: Client, moref: MoRef, info: LeaseInfo) -> NfcLease {
         let interval = keep_alive_interval(info.lease_timeout_secs);
         let progress = LeaseProgress::default();
@@ -421,6 +607,22 @@ impl NfcLease {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone()
         })
+    }
+
+    /// Lets go of the lease without ending it: the keep-alive stops, and
+    /// neither `HttpNfcLeaseComplete` nor `HttpNfcLeaseAbort` is sent (now
+    /// or on drop). The server keeps the lease for its `leaseTimeout` from
+    /// the last renewal ([`LeaseInfo::lease_timeout_secs`]), for the login
+    /// session that holds it; [`NfcLease::reattach`] takes it over again.
+    /// Returns the lease's reference.
+    pub fn detach(mut self) -> MoRef {
+        if let Some(k) = self.keep_alive.take() {
+            let _ = k.stop.send(true);
+            k.task.abort();
+        }
+        self.finished = true;
+        tracing::info!(lease = %self.moref.value, "NFC lease detached; left to its timeout");
+        self.moref.clone()
     }
 
     /// Stops the keep-alive and sends `HttpNfcLeaseComplete` (the server

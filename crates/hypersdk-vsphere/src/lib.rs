@@ -13,7 +13,8 @@
 //! - [`inventory`]: discovery with `ContainerView` + paged
 //!   `RetrievePropertiesEx`, mapped to core [`VmInfo`](hypersdk_core::model::VmInfo);
 //! - [`snapshot`] and [`tasks`]: snapshots and task waiting;
-//! - [`lease`]: `HttpNfcLease` waiting, keep-alive, complete and abort;
+//! - [`lease`]: `HttpNfcLease` waiting, keep-alive, complete and abort,
+//!   and taking a still-ready lease over after a restart;
 //! - [`export`]: VM export through an NFC lease into an OVA, an OVF
 //!   directory or raw images, with digests, `.mf` and Artifact Manifest;
 //! - [`import`]: OVA import (`CreateImportSpec`, `ImportVApp`, the files

@@ -4,8 +4,10 @@
 //! (streamOptimized sent byte for byte; monolithicSparse and raw converted
 //! on the fly, checked by qemu-img), an NFC connection cut mid-upload
 //! (the import restarts and the result is identical), digest mismatches,
-//! bad input refused before anything is created, and the cleanup of a
-//! failed attempt.
+//! bad input refused before anything is created, the cleanup of a
+//! failed attempt, and an import continued within its lease by another
+//! holder of its login session (finished disks skipped), refused cleanly
+//! once the lease expired or from another session.
 //!
 //! The `ova-upload` example's tests cover the command line: SIGKILL and
 //! resume, and a wrong thumbprint refused before credentials.
@@ -25,9 +27,11 @@ use hypersdk_testkit::images;
 use hypersdk_testkit::qemu;
 use hypersdk_testkit::vcsim::{UploadedFile, Vcsim};
 use hypersdk_vsphere::Client;
+use hypersdk_vsphere::client::SessionCookie;
 use hypersdk_vsphere::import::{
-    ImportObserver, ImportTarget, Leftover, OvaImportOptions, UnknownLength, clean_up_leftover,
-    import_ova, import_ova_reader,
+    ImportObserver, ImportTarget, LeaseUnusable, Leftover, OvaImportOptions, ReattachState,
+    STREAM_VMDK, UnknownLength, begin_import, clean_up_leftover, import_ova, import_ova_reader,
+    lease_unusable, reattach_ova,
 };
 use hypersdk_vsphere::types::MoRef;
 
@@ -629,8 +633,6 @@ async fn the_provider_imports_another_providers_export() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn begin_import_lets_the_caller_send_the_files() {
-    use hypersdk_vsphere::import::{STREAM_VMDK, begin_import};
-
     let sim = Vcsim::builder().start().await.expect("start vcsim");
     let client = connect(&sim).await;
     let tty = testdata("ova/govmomi-ttylinux-pc_i486-16.1.ova");
@@ -730,4 +732,278 @@ async fn the_conformance_round_trip_passes() {
         .unwrap();
     let vsphere = VsphereProvider::new(connect(&sim).await);
     export_import_round_trip(&vsphere, &Fixture::new(VmRef::name("DC0_H0_VM0"))).await;
+}
+
+/// An OVA of one VM with two streamOptimized disks made by qemu-img, and
+/// the bytes of each disk entry.
+async fn two_disk_ova(dir: &Path, name: &str) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+    let a = images::random(dir.join("a.raw"), 3 << 20, 31).unwrap();
+    let b = images::mixed(dir.join("b.raw"), 6 << 20, 32, 60).unwrap();
+    let mut disks = Vec::new();
+    let mut bytes = Vec::new();
+    for (i, raw) in [a, b].iter().enumerate() {
+        let vmdk = dir.join(format!("{name}-disk{i}.vmdk"));
+        qemu::to_stream_optimized(&raw.path, &vmdk)
+            .await
+            .expect("qemu-img");
+        bytes.push((
+            format!("{name}-disk{i}.vmdk"),
+            std::fs::read(&vmdk).unwrap(),
+        ));
+        disks.push((vmdk, DiskFormat::VmdkStreamOptimized, raw.len));
+    }
+    (pack(dir, name, &disks).await, bytes)
+}
+
+/// Starts an import of `ova` as `name` on `client`, sends its first disk
+/// by hand and detaches: what a process killed after its first disk
+/// leaves. The state comes back through JSON, as a process reads it.
+async fn detached_after_first_disk(
+    client: &Client,
+    ova: &Path,
+    name: &str,
+    first: &[u8],
+) -> ReattachState {
+    let index = OvaIndex::open(ova).await.unwrap();
+    let descriptor = std::str::from_utf8(index.descriptor()).unwrap().to_owned();
+    let started = begin_import(client, &descriptor, &opts(name))
+        .await
+        .expect("begin");
+    assert_eq!(started.files().len(), 2);
+    let file = started.files()[0].clone();
+    assert_eq!(file.path, format!("{name}-disk0.vmdk"));
+    let resp = client
+        .transfer_http()
+        .post(&file.url)
+        .header("Content-Type", STREAM_VMDK)
+        .body(first.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let mut state = started.detach();
+    assert_eq!(state.remaining().count(), 2);
+    state.mark_finished(&file.path, first.len() as u64).unwrap();
+    assert!(state.mark_finished("no-such.vmdk", 1).is_err());
+    let json = serde_json::to_string(&state).unwrap();
+    assert!(json.contains(&state.lease.value), "{json}");
+    serde_json::from_str(&json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_import_is_finished_in_its_lease_skipping_the_sent_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, disks) = two_disk_ova(dir.path(), "again").await;
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let first = connect(&sim).await;
+    let state = detached_after_first_disk(&first, &ova, "again", &disks[0].1).await;
+    assert_eq!(state.remaining().count(), 1);
+    // The process goes away without logging its session out.
+    let cookie = first.leave_session().expect("a session");
+    assert!(first.session_cookie().is_none());
+    assert!(!format!("{cookie:?}").contains(&cookie.expose()[20..]));
+    drop(first);
+
+    // Another process, with the saved cookie: the session is reused (no
+    // Login) and the lease is still ready.
+    let logins = calls(&sim, "Login").await;
+    let builder = Client::builder(sim.url().as_str())
+        .credentials(sim.username(), sim.password())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(SessionCookie::new(cookie.expose()).unwrap());
+    assert!(!format!("{builder:?}").contains(&cookie.expose()[20..]));
+    let second = builder.connect().await.expect("connect");
+    assert!(second.session_reused());
+    assert_eq!(second.session_generation(), 1);
+    assert_eq!(calls(&sim, "Login").await, logins);
+
+    let progress = calls(&sim, "HttpNfcLeaseProgress").await;
+    let seen = Arc::new(Seen::default());
+    let report = reattach_ova(
+        &second,
+        &state,
+        &ova,
+        &opts("again").with_observer(seen.clone()),
+    )
+    .await
+    .expect("reattach");
+    assert_eq!(report.vm, state.entity);
+    assert_eq!(report.name, "again");
+    assert_eq!(report.skipped, [disks[0].0.clone()]);
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].path, disks[1].0);
+    assert!(
+        calls(&sim, "HttpNfcLeaseProgress").await > progress,
+        "renewed at once"
+    );
+    assert_eq!(
+        *seen.events.lock().unwrap(),
+        [format!("file {}", disks[1].0), "finished".to_owned()]
+    );
+
+    // Each disk went out once, into the same VM, byte for byte.
+    let ups = uploads_of(&sim, "again").await;
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    for (i, (_, bytes)) in disks.iter().enumerate() {
+        let up = ups
+            .iter()
+            .find(|u| u.name == format!("disk-{i}.vmdk"))
+            .unwrap_or_else(|| panic!("disk-{i} uploaded: {ups:?}"));
+        assert!(up.complete);
+        assert_eq!(up.vm, state.entity.value);
+        assert_eq!(up.sha256, sha256_hex(bytes), "disk-{i}");
+    }
+    assert_eq!(vms_named(&sim, "again").await, 1);
+    let inv = sim.inventory().await.unwrap();
+    assert_eq!(inv.vm("again").unwrap().entity.moref, state.entity.value);
+    assert!(
+        sim.leases().await.unwrap().is_empty(),
+        "the lease is complete"
+    );
+    second.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_lease_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, disks) = two_disk_ova(dir.path(), "expired").await;
+    let sim = Vcsim::builder()
+        .lease_timeout(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("start vcsim");
+    let client = connect(&sim).await;
+    let state = detached_after_first_disk(&client, &ova, "expired", &disks[0].1).await;
+    // Nobody renews the lease any more: it times out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leases = sim.leases().await.unwrap();
+        let lease = leases
+            .iter()
+            .find(|l| l.lease == state.lease.value)
+            .unwrap();
+        if lease.timed_out {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lease:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before: Vec<u64> = side_effects(&sim).await;
+    let e = reattach_ova(&client, &state, &ova, &opts("expired"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    match lease_unusable(&e) {
+        Some(LeaseUnusable::NotReady { state, fault }) => {
+            assert_eq!(state, "error");
+            assert!(fault.as_deref().unwrap_or("").contains("Timedout"), "{e}");
+        }
+        other => panic!("{other:?}: {e}"),
+    }
+    // Nothing was sent, completed, aborted or destroyed.
+    assert_eq!(side_effects(&sim).await, before);
+    assert_eq!(uploads_of(&sim, "expired").await.len(), 1);
+    assert_eq!(vms_named(&sim, "expired").await, 1);
+
+    // The caller's way out: remove the leftover and import again.
+    assert!(
+        clean_up_leftover(&client, &state.leftover(), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(vms_named(&sim, "expired").await, 0);
+    assert!(sim.leases().await.unwrap().is_empty());
+    let report = import_ova(&client, &ova, &opts("expired"))
+        .await
+        .expect("import again");
+    assert_ne!(report.vm, state.entity);
+    assert_eq!(vms_named(&sim, "expired").await, 1);
+}
+
+/// Calls that would show a reattach did something.
+async fn side_effects(sim: &Vcsim) -> Vec<u64> {
+    let mut out = Vec::new();
+    for m in [
+        "HttpNfcLeaseComplete",
+        "HttpNfcLeaseAbort",
+        "Destroy_Task",
+        "ImportVApp",
+    ] {
+        out.push(calls(sim, m).await);
+    }
+    out.push(sim.uploaded_files().await.unwrap().len() as u64);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_login_session_cannot_reattach() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, disks) = two_disk_ova(dir.path(), "theirs").await;
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let owner = connect(&sim).await;
+    let state = detached_after_first_disk(&owner, &ova, "theirs", &disks[0].1).await;
+    let before = side_effects(&sim).await;
+
+    // Another login of the same user: the lease is not in its session.
+    let other = connect(&sim).await;
+    assert!(!other.session_reused());
+    let e = reattach_ova(&other, &state, &ova, &opts("theirs"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(
+        matches!(lease_unusable(&e), Some(LeaseUnusable::Gone { .. })),
+        "{e}"
+    );
+    // Another OVA is refused before the lease is touched.
+    let e = reattach_ova(
+        &owner,
+        &state,
+        &testdata("ova/govmomi-ttylinux-pc_i486-16.1.ova"),
+        &opts("theirs"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(side_effects(&sim).await, before);
+    assert_eq!(vms_named(&sim, "theirs").await, 1);
+
+    // A saved cookie whose session expired: the client logs in anew, and
+    // the lease is out of its reach too.
+    let cookie = owner.session_cookie().unwrap();
+    assert!(sim.expire_sessions().await.unwrap() >= 2);
+    let logins = calls(&sim, "Login").await;
+    let renewed = Client::builder(sim.url().as_str())
+        .credentials(sim.username(), sim.password())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(cookie.clone())
+        .connect()
+        .await
+        .expect("connect");
+    assert!(!renewed.session_reused());
+    assert_eq!(calls(&sim, "Login").await, logins + 1);
+    let e = reattach_ova(&renewed, &state, &ova, &opts("theirs"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(lease_unusable(&e), Some(LeaseUnusable::Gone { .. })),
+        "{e}"
+    );
+    assert_eq!(side_effects(&sim).await, before);
+    // Without credentials a dead session cannot be replaced.
+    let e = Client::builder(sim.url().as_str())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(cookie)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+
+    // Whoever cleans up removes the VM.
+    assert!(
+        clean_up_leftover(&renewed, &state.leftover(), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(vms_named(&sim, "theirs").await, 0);
 }

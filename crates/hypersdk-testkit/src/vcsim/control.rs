@@ -105,6 +105,14 @@ pub struct CutTransfer {
     http_method: Option<String>,
     after_bytes: u64,
     count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    after: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl CutTransfer {
@@ -116,6 +124,8 @@ impl CutTransfer {
             http_method: None,
             after_bytes: bytes,
             count: 1,
+            after: 0,
+            hold_ms: None,
         }
     }
 
@@ -136,6 +146,22 @@ impl CutTransfer {
     /// Cut this many transfers (default 1).
     pub fn times(mut self, count: u32) -> Self {
         self.count = count.max(1);
+        self
+    }
+
+    /// Let this many matching transfers through first.
+    pub fn after(mut self, transfers: u32) -> Self {
+        self.after = transfers;
+        self
+    }
+
+    /// Hold the transfer for `hold` once the bytes have passed (the server
+    /// neither reads nor writes: a stalled transfer), then drop it as
+    /// usual. Nothing past the bytes is stored, also when the client went
+    /// away during the hold: a killed client's held upload never
+    /// completes later.
+    pub fn hold(mut self, hold: Duration) -> Self {
+        self.hold_ms = Some(hold.as_millis().try_into().unwrap_or(u64::MAX));
         self
     }
 }

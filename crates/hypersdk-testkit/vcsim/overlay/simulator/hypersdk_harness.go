@@ -76,6 +76,14 @@ type CutRule struct {
 	AfterBytes int64 `json:"after_bytes"`
 	// Count is how many transfers are cut (default 1).
 	Count int `json:"count"`
+	// After lets this many matching transfers through before the rule acts.
+	After int `json:"after,omitempty"`
+	// HoldMs, when set, holds the transfer this long once AfterBytes have
+	// passed (the server neither reads nor writes: the peer sees a stalled
+	// transfer) before dropping the connection. The transfer never
+	// completes, and nothing after AfterBytes is stored, even if the peer
+	// went away during the hold.
+	HoldMs int `json:"hold_ms,omitempty"`
 }
 
 // LeaseRule changes the next ExportVm/ExportSnapshot leases: they start in
@@ -221,6 +229,10 @@ func (h *Harness) takeCutRule(r *http.Request) *CutRule {
 		if c.HTTPMethod != "" && !strings.EqualFold(c.HTTPMethod, r.Method) {
 			continue
 		}
+		if c.After > 0 {
+			c.After--
+			continue
+		}
 		out := *c
 		c.Count--
 		if c.Count <= 0 {
@@ -246,11 +258,12 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if rule := h.takeCutRule(r); rule != nil {
-		cw := &cutWriter{ResponseWriter: w, left: rule.AfterBytes}
-		cr := &cutReader{rc: r.Body, left: rule.AfterBytes}
+		hold := time.Duration(rule.HoldMs) * time.Millisecond
+		cw := &cutWriter{ResponseWriter: w, left: rule.AfterBytes, hold: hold}
+		cr := &cutReader{rc: r.Body, left: rule.AfterBytes, hold: hold}
 		w = cw
 		r.Body = cr
-		log.Printf("hypersdk: cutting %s %s after %d bytes", r.Method, r.URL.Path, rule.AfterBytes)
+		log.Printf("hypersdk: cutting %s %s after %d bytes (held %s first)", r.Method, r.URL.Path, rule.AfterBytes, hold)
 		defer func() {
 			if cr.tripped {
 				panic(http.ErrAbortHandler) // drop the connection, no response
@@ -419,6 +432,7 @@ func writeSoapFault(w http.ResponseWriter, f *soap.Fault) {
 type cutWriter struct {
 	http.ResponseWriter
 	left int64
+	hold time.Duration
 }
 
 func (c *cutWriter) Write(p []byte) (int, error) {
@@ -430,6 +444,10 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 	c.left = 0
 	if f, ok := c.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
+	}
+	if c.hold > 0 {
+		log.Printf("hypersdk: holding the response for %s before cutting it", c.hold)
+		time.Sleep(c.hold)
 	}
 	log.Printf("hypersdk: response cut after %d more bytes", n)
 	panic(http.ErrAbortHandler)
@@ -446,6 +464,7 @@ var errCut = errors.New("hypersdk: transfer cut by fault rule")
 type cutReader struct {
 	rc      io.ReadCloser
 	left    int64
+	hold    time.Duration
 	tripped bool
 }
 
@@ -459,6 +478,10 @@ func (c *cutReader) Read(p []byte) (int, error) {
 		n, err := c.rc.Read(one[:])
 		if n == 0 && err != nil {
 			return 0, err
+		}
+		if c.hold > 0 {
+			log.Printf("hypersdk: holding the upload for %s before cutting it", c.hold)
+			time.Sleep(c.hold)
 		}
 		c.tripped = true
 		return 0, errCut
@@ -713,8 +736,8 @@ func (h *Harness) serveControl(w http.ResponseWriter, r *http.Request) {
 		if rule.Count <= 0 {
 			rule.Count = 1
 		}
-		if rule.AfterBytes < 0 {
-			controlError(w, 400, "after_bytes must be >= 0")
+		if rule.AfterBytes < 0 || rule.After < 0 || rule.HoldMs < 0 {
+			controlError(w, 400, "after_bytes, after and hold_ms must be >= 0")
 			return
 		}
 		h.mu.Lock()
