@@ -44,18 +44,35 @@
 //!
 //! Each upload is a session (`hypersdk_core::checkpoint`, one JSON file in
 //! `--session-dir`, mode 0600, no password in it): the OVA, the target, the
-//! files and which were sent, and while an import runs the VM and lease it
-//! created on the server. An NFC upload cannot continue inside a file, and
-//! a lease belongs to the session (login) that created it: once the
-//! process is gone, nobody can finish its lease, vSphere deletes the
-//! lease's files when it expires (5 minutes without progress) and removes
-//! the VM. So `resume` first removes what the killed run left (it waits
-//! while vSphere still holds the VM locked), then imports again from the
-//! first disk, skipping nothing; the files the killed run had finished are
-//! reported, not skipped. (vcsim keeps such VMs and never expires leases;
-//! the cleanup is what makes the new import possible there too.) Within one
-//! run, a network failure likewise restarts the import, `--max-retries`
-//! times or forever.
+//! files and which were sent, and while an import runs the VM and NFC lease
+//! it created on the server, the lease's file URLs, which files were
+//! uploaded whole, and the cookie of the vSphere login session (as govc
+//! keeps it with `GOVC_PERSIST_SESSION`). While the import runs that file
+//! lets whoever can read it act as the logged-in user, until the login
+//! session ends; the cookie is removed from it once the import completes
+//! or its VM is removed.
+//!
+//! A lease belongs to the login session that created it, and vSphere
+//! deletes the lease's files (and the VM) when the lease is aborted or
+//! expires: 5 minutes without `HttpNfcLeaseProgress`. So after a kill
+//! `resume` continues **within the same lease** when it can: it connects
+//! with the saved cookie (the password is still asked for, in case the
+//! session is gone), checks that the session lives and the lease is still
+//! `ready`, renews it, sends only the files the killed run had not finished
+//! (a file cut in the middle starts over: NFC cannot continue inside a
+//! file), and completes the lease: the same VM. That works while the lease
+//! lives (5 minutes after the kill on vSphere) and the login session too
+//! (vCenter's default idle timeout is 30 minutes). Otherwise (the session
+//! or lease gone, the lease timed out or changed, the continued upload
+//! failed) it says so, removes what the killed run left (waiting while
+//! vSphere still holds the VM locked) and imports again from the first
+//! file. (vcsim keeps such VMs; the cleanup is what makes the new import
+//! possible there too.) Within one run, a network failure restarts the
+//! import, `--max-retries` times or forever.
+//!
+//! `clean-sessions` logs out the login session a removed session still
+//! holds (best effort: a server out of reach ends it at its idle timeout);
+//! nobody can continue its lease once the file is gone.
 //!
 //! Exit status: 0 success, 1 failure, 2 bad usage.
 
@@ -71,12 +88,13 @@ use hypersdk_core::progress::{Outcome, Progress};
 use hypersdk_core::retry::Backoff;
 use hypersdk_examples::bar::BarSink;
 use hypersdk_ova::archive::OvaIndex;
-use hypersdk_vsphere::Client;
+use hypersdk_vsphere::client::SessionCookie;
 use hypersdk_vsphere::import::{
-    DiskProvisioning, ImportObserver, ImportTarget, Leftover, OvaImportOptions, clean_up_leftover,
-    import_ova,
+    DiskProvisioning, ImportObserver, ImportReport, ImportTarget, Leftover, OvaImportOptions,
+    ReattachState, clean_up_leftover, import_ova, lease_unusable, reattach_ova,
 };
 use hypersdk_vsphere::types::MoRef;
+use hypersdk_vsphere::{Client, ClientBuilder};
 use serde_json::json;
 
 /// The session kind in checkpoint files.
@@ -325,7 +343,7 @@ async fn dispatch(cli: Cli) -> std::result::Result<(), Failure> {
         Command::Upload(u) => upload(&out, &store, u).await,
         Command::ListSessions => list_sessions(&store),
         Command::Resume(r) => resume(&out, &store, r).await,
-        Command::CleanSessions(c) => clean_sessions(&out, &store, c),
+        Command::CleanSessions(c) => clean_sessions(&out, &store, c).await,
     }
 }
 
@@ -400,12 +418,35 @@ fn leftover_of(session: &TransferSession) -> Option<Leftover> {
     })
 }
 
+/// The metadata key of the import's [`ReattachState`].
+const REATTACH: &str = "reattach";
+/// The metadata key of the login session's cookie (a secret while the
+/// session lives).
+const LOGIN_SESSION: &str = "vsphere_session";
+
+/// What a session records to continue its import within its lease: the
+/// state and the login session's cookie, when both are there and valid.
+fn reattach_of(session: &TransferSession) -> Option<(ReattachState, SessionCookie)> {
+    let state = serde_json::from_value(session.metadata.get(REATTACH)?.clone()).ok()?;
+    let cookie = SessionCookie::new(session.metadata.get(LOGIN_SESSION)?.as_str()?).ok()?;
+    Some((state, cookie))
+}
+
+/// Forgets the VM, lease and login session a session recorded.
+fn forget_leftover(s: &mut TransferSession) {
+    s.metadata.remove("leftover");
+    s.metadata.remove(REATTACH);
+    s.metadata.remove(LOGIN_SESSION);
+}
+
 /// Keeps the session file up to date as the import goes.
 #[derive(Debug)]
 struct Recorder {
     store: CheckpointStore,
     session: Mutex<TransferSession>,
     out: Arc<Out>,
+    /// For the login session's current cookie.
+    client: Client,
 }
 
 impl Recorder {
@@ -469,6 +510,29 @@ impl ImportObserver for Recorder {
         });
     }
 
+    fn reattach_state(&self, state: &ReattachState) {
+        let value = match serde_json::to_value(state) {
+            Ok(v) => v,
+            Err(e) => {
+                self.out
+                    .info(&format!("warning: cannot record the lease state: {e}"));
+                return;
+            }
+        };
+        let cookie = self.client.session_cookie();
+        self.update(|s| {
+            s.metadata.insert(REATTACH.into(), value);
+            match &cookie {
+                Some(c) => {
+                    s.metadata.insert(LOGIN_SESSION.into(), json!(c.expose()));
+                }
+                None => {
+                    s.metadata.remove(LOGIN_SESSION);
+                }
+            }
+        });
+    }
+
     fn attempt_failed(&self, attempt: u32, error: &Error, retrying: bool) {
         let what = if retrying {
             "starting the import over"
@@ -490,16 +554,20 @@ impl ImportObserver for Recorder {
             leftover.entity.value,
             leftover.name
         ));
-        if !kept {
-            self.update(|s| {
-                s.metadata.remove("leftover");
-            });
-        }
+        self.update(|s| {
+            if kept {
+                // Kept for inspection: nothing to continue.
+                s.metadata.remove(REATTACH);
+                s.metadata.remove(LOGIN_SESSION);
+            } else {
+                forget_leftover(s);
+            }
+        });
     }
 
     fn finished(&self, vm: &MoRef) {
         self.update(|s| {
-            s.metadata.remove("leftover");
+            forget_leftover(s);
             s.metadata.insert("vm".into(), json!(vm.value));
             for item in &mut s.items {
                 item.mark_all_done();
@@ -508,10 +576,30 @@ impl ImportObserver for Recorder {
     }
 }
 
+/// The client options of `job`'s server and TLS trust, no credentials.
+fn builder(job: &Job) -> std::result::Result<ClientBuilder, Failure> {
+    let mut b = Client::builder(&job.host);
+    if let Some(t) = &job.thumbprint {
+        b = b.pin_thumbprint(t);
+    }
+    if let Some(f) = &job.ca_file {
+        let pem = std::fs::read(f)
+            .map_err(|e| Failure::from(Error::io(format!("CA file '{}'", f.display()), e)))?;
+        b = b.ca_pem(pem);
+    }
+    if job.insecure {
+        b = b.danger_accept_invalid_certs();
+    }
+    Ok(b)
+}
+
+/// Connects with the password, continuing the login session of `saved`
+/// while the server still knows it.
 async fn connect(
     out: &Out,
     job: &Job,
     common: &ConnCommon,
+    saved: Option<SessionCookie>,
 ) -> std::result::Result<Client, Failure> {
     let password = match &common.password {
         Some(p) => p.clone(),
@@ -531,17 +619,9 @@ async fn connect(
                 .map_err(|e| usage(format!("cannot read the password: {e}")))?
         }
     };
-    let mut b = Client::builder(&job.host).credentials(&job.username, &password);
-    if let Some(t) = &job.thumbprint {
-        b = b.pin_thumbprint(t);
-    }
-    if let Some(f) = &job.ca_file {
-        let pem = std::fs::read(f)
-            .map_err(|e| Failure::from(Error::io(format!("CA file '{}'", f.display()), e)))?;
-        b = b.ca_pem(pem);
-    }
-    if job.insecure {
-        b = b.danger_accept_invalid_certs();
+    let mut b = builder(job)?.credentials(&job.username, &password);
+    if let Some(cookie) = saved {
+        b = b.session_cookie(cookie);
     }
     Ok(b.connect().await?)
 }
@@ -643,23 +723,10 @@ async fn resume(out: &Out, store: &CheckpointStore, r: Resume) -> std::result::R
         job.ca_file = r.conn.common.ca_file.clone();
     }
     job.insecure |= r.conn.common.insecure;
-    let done: Vec<&str> = session
-        .items
-        .iter()
-        .filter(|i| i.is_complete())
-        .map(|i| i.name.as_str())
-        .collect();
     out.info(&format!(
         "resuming session {} ({})",
         session.id, session.source
     ));
-    if !done.is_empty() {
-        out.info(&format!(
-            "the killed run had sent {}; an NFC import cannot continue another \
-             process's lease, so every file is sent again",
-            done.join(", ")
-        ));
-    }
     run_job(out, store, session, job, &r.conn.common).await
 }
 
@@ -667,7 +734,9 @@ fn is_done(s: &TransferSession) -> bool {
     s.metadata.get("state").and_then(|v| v.as_str()) == Some("completed")
 }
 
-/// Connects, removes what an earlier run left, imports, records the end.
+/// Connects; continues the import an earlier run left within its lease
+/// when it can, else removes what that run left and imports; records the
+/// end.
 async fn run_job(
     out: &Out,
     store: &CheckpointStore,
@@ -677,7 +746,10 @@ async fn run_job(
 ) -> std::result::Result<(), Failure> {
     let started = Instant::now();
     let backoff = backoff(common)?;
-    let client = connect(out, &job, common).await?;
+    let leftover = leftover_of(&session);
+    let reattach = leftover.as_ref().and_then(|_| reattach_of(&session));
+    let saved = reattach.as_ref().map(|(_, cookie)| cookie.clone());
+    let client = connect(out, &job, common, saved).await?;
     let out = Arc::new(Out {
         bars: Arc::clone(&out.bars),
         quiet: out.quiet,
@@ -687,22 +759,8 @@ async fn run_job(
         store: store.clone(),
         session: Mutex::new(session),
         out: Arc::clone(&out),
+        client: client.clone(),
     });
-    if let Some(leftover) = leftover_of(&recorder.snapshot()) {
-        out.info(&format!(
-            "removing what the earlier run left: {} '{}' (waiting while its lease holds it)",
-            leftover.entity.value, leftover.name
-        ));
-        let removed = clean_up_leftover(&client, &leftover, Duration::from_secs(600)).await?;
-        out.detail(if removed {
-            "removed the half-imported VM"
-        } else {
-            "the half-imported VM is already gone"
-        });
-        recorder.update(|s| {
-            s.metadata.remove("leftover");
-        });
-    }
     let source = PathBuf::from(&recorder.snapshot().source);
     let provisioning: DiskProvisioning = job
         .disk_provisioning
@@ -719,11 +777,64 @@ async fn run_job(
     if let Some(n) = &job.vm_name {
         opts = opts.with_name(n.clone());
     }
+    let work = async {
+        if let Some(leftover) = &leftover {
+            let continued = match &reattach {
+                Some((state, _)) if client.session_reused() => {
+                    continue_in_lease(&out, &client, state, &source, &opts).await
+                }
+                Some(_) => {
+                    out.info(
+                        "the earlier run's login session is gone (expired or logged out), and \
+                         its lease with it: falling back to a full re-import",
+                    );
+                    None
+                }
+                None => {
+                    out.info(
+                        "the earlier run recorded no lease to continue: falling back to a full \
+                         re-import",
+                    );
+                    None
+                }
+            };
+            if let Some(report) = continued {
+                recorder.update(|s| {
+                    s.metadata.insert("last_resume".into(), json!("reattached"));
+                });
+                return Ok(report);
+            }
+            recorder.update(|s| {
+                s.metadata.insert("last_resume".into(), json!("reimported"));
+            });
+            if leftover_of(&recorder.snapshot()).is_some() {
+                out.info(&format!(
+                    "removing what the earlier run left: {} '{}' (waiting while its lease holds it)",
+                    leftover.entity.value, leftover.name
+                ));
+                let removed =
+                    clean_up_leftover(&client, leftover, Duration::from_secs(600)).await?;
+                out.detail(if removed {
+                    "removed the half-imported VM"
+                } else {
+                    "the half-imported VM is already gone"
+                });
+            }
+            recorder.update(forget_leftover);
+        }
+        import_ova(&client, &source, &opts).await
+    };
     let result = tokio::select! {
-        r = import_ova(&client, &source, &opts) => r,
+        r = work => r,
         _ = tokio::signal::ctrl_c() => {
             progress.finish(Outcome::failed("interrupted"));
             out.info("interrupted: aborting the lease and removing the half-imported VM");
+            // The lease goes, and this process's login session with it:
+            // nothing to continue.
+            recorder.update(|s| {
+                s.metadata.remove(REATTACH);
+                s.metadata.remove(LOGIN_SESSION);
+            });
             // The import's drop guards abort and destroy in the background.
             tokio::time::sleep(Duration::from_secs(3)).await;
             return Err(Failure { code: 130, message: format!("interrupted; `ova-upload resume --session-id {}` starts it again", recorder.snapshot().id) });
@@ -748,11 +859,18 @@ async fn run_job(
         s.metadata.insert("state".into(), json!("completed"));
         s.metadata.insert("vm".into(), json!(report.vm.value));
         s.metadata.remove("last_error");
+        forget_leftover(s);
     });
     let bytes: u64 = report.files.iter().map(|f| f.bytes_sent).sum();
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     for w in &report.warnings {
         out.detail(&format!("vSphere warning: {w}"));
+    }
+    if !report.skipped.is_empty() {
+        out.info(&format!(
+            "not sent again (uploaded whole by the earlier run): {}",
+            report.skipped.join(", ")
+        ));
     }
     out.info(&format!(
         "imported '{}' as {} ({} files, {:.1} MiB in {:.1} s, {:.1} MiB/s, {} attempt{})",
@@ -769,6 +887,55 @@ async fn run_job(
         out.detail(&format!("logout failed: {e}"));
     }
     Ok(())
+}
+
+/// Continues the earlier run's import within its lease; `None` (with the
+/// reason said) when that cannot be done and a full re-import is needed.
+async fn continue_in_lease(
+    out: &Out,
+    client: &Client,
+    state: &ReattachState,
+    source: &std::path::Path,
+    opts: &OvaImportOptions,
+) -> Option<ImportReport> {
+    let done: Vec<&str> = state
+        .files
+        .iter()
+        .filter(|f| f.finished)
+        .map(|f| f.path.as_str())
+        .collect();
+    let left: Vec<&str> = state.remaining().map(|f| f.path.as_str()).collect();
+    out.info(&format!(
+        "continuing the earlier run's import within its lease {} ({} '{}'): {}; sending {}",
+        state.lease.value,
+        state.entity.value,
+        state.name,
+        if done.is_empty() {
+            "no file was finished".to_owned()
+        } else {
+            format!("skipping {} (uploaded whole)", done.join(", "))
+        },
+        if left.is_empty() {
+            "nothing more".to_owned()
+        } else {
+            left.join(", ")
+        }
+    ));
+    match reattach_ova(client, state, source, opts).await {
+        Ok(report) => Some(report),
+        Err(e) => {
+            let why = if lease_unusable(&e).is_some() {
+                "the lease cannot be continued"
+            } else {
+                "continuing the lease failed"
+            };
+            out.info(&format!(
+                "{why} ({}); falling back to a full re-import",
+                Failure::from(e).message
+            ));
+            None
+        }
+    }
 }
 
 fn list_sessions(store: &CheckpointStore) -> std::result::Result<(), Failure> {
@@ -812,14 +979,78 @@ fn list_sessions(store: &CheckpointStore) -> std::result::Result<(), Failure> {
     Ok(())
 }
 
-fn clean_sessions(
+/// Logs out the login session `s` saved (best effort), so that it does not
+/// outlive the session file that could continue it.
+async fn log_out_saved(out: &Out, s: &TransferSession) {
+    let Some(cookie) = s
+        .metadata
+        .get(LOGIN_SESSION)
+        .and_then(|v| v.as_str())
+        .and_then(|c| SessionCookie::new(c).ok())
+    else {
+        return;
+    };
+    let Ok(job) = Job::from_session(s) else {
+        return;
+    };
+    let connected = match builder(&job) {
+        Ok(b) => {
+            b.session_cookie(cookie)
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(15))
+                .retry(Backoff::none())
+                .connect()
+                .await
+        }
+        Err(f) => Err(Error::invalid_input(f.message)),
+    };
+    match connected {
+        Ok(client) => match client.logout().await {
+            Ok(()) => out.info(&format!(
+                "logged out the vSphere login session session {} had saved",
+                s.id
+            )),
+            Err(e) => out.info(&format!(
+                "warning: logging out the vSphere login session of session {} failed ({e}); \
+                 it ends at the server's idle timeout",
+                s.id
+            )),
+        },
+        // No credentials are given: a session the server no longer knows
+        // cannot be replaced, which is what this says.
+        Err(e) if e.kind() == hypersdk_core::ErrorKind::Unauthenticated => out.detail(&format!(
+            "the vSphere login session of session {} had ended already",
+            s.id
+        )),
+        Err(e) => out.info(&format!(
+            "warning: cannot reach {} to log out the login session of session {} ({e}); it ends \
+             at the server's idle timeout",
+            hypersdk_core::error::redact_url(&job.host),
+            s.id
+        )),
+    }
+}
+
+async fn clean_sessions(
     out: &Out,
     store: &CheckpointStore,
     c: Clean,
 ) -> std::result::Result<(), Failure> {
     let mut removed = Vec::new();
     if let Some(age) = &c.older_than {
-        let report = store.clean_older_than(parse_duration(age)?)?;
+        let age = parse_duration(age)?;
+        let now = std::time::SystemTime::now();
+        for e in store.list()? {
+            if let Ok(s) = e.session
+                && s.kind == KIND
+                && now
+                    .duration_since(s.updated_at.into())
+                    .is_ok_and(|since| since > age)
+            {
+                log_out_saved(out, &s).await;
+            }
+        }
+        let report = store.clean_older_than(age)?;
         removed.extend(report.removed);
         for (id, e) in report.skipped {
             out.info(&format!("kept {id}: {e}"));
@@ -839,6 +1070,7 @@ fn clean_sessions(
                     s.id
                 ));
             }
+            log_out_saved(out, &s).await;
             store.remove(&s.id)?;
             removed.push(s.id);
         }

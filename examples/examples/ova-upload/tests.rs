@@ -1,6 +1,9 @@
-//! `ova-upload` against the vcsim harness: killed with SIGKILL mid-import
-//! and resumed, a wrong thumbprint refused before the password is sent,
-//! and the command line itself.
+//! `ova-upload` against the vcsim harness: killed with SIGKILL after its
+//! first disk and resumed within the same lease (the finished disk not
+//! sent again), or, once the lease expired, by a full re-import;
+//! `clean-sessions` logging out the login session a removed session held;
+//! a wrong thumbprint refused before the password is sent; and the command
+//! line itself.
 //!
 //! The SIGKILL test needs a process to kill: it runs this test binary
 //! again with only [`child_process_entry`] selected and the command line
@@ -13,16 +16,16 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hypersdk_core::checkpoint::CheckpointStore;
+use hypersdk_core::checkpoint::{CheckpointStore, TransferSession};
 use hypersdk_core::digest::{Algorithm, Checksum};
 use hypersdk_core::model::{DiskFormat, DiskInfo, VmInfo};
 use hypersdk_ova::archive::{OvaWriter, WriteOptions};
 use hypersdk_ova::ovf::{OvfDisk, write_descriptor};
 use hypersdk_testkit::images;
 use hypersdk_testkit::qemu;
-use hypersdk_testkit::vcsim::{MethodFault, Vcsim};
+use hypersdk_testkit::vcsim::{CutTransfer, UploadedFile, Vcsim};
 
-use super::{Cli, dispatch, leftover_of, run};
+use super::{Cli, LOGIN_SESSION, REATTACH, dispatch, leftover_of, reattach_of, run};
 
 const CHILD_ENV: &str = "OVA_UPLOAD_CHILD_ARGS";
 
@@ -166,23 +169,35 @@ async fn calls(sim: &Vcsim, method: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_with_sigkill_then_resumed_completes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ova, shas) = two_disk_ova(dir.path()).await;
-    let sessions = dir.path().join("sessions");
-    let sim = Vcsim::builder().start().await.expect("start vcsim");
-    let thumb = sim.thumbprint_sha1().expect("TLS").to_owned();
-    // The first HttpNfcLeaseComplete hangs: the run is killed once both
-    // disks are on the server and the lease is about to complete, with
-    // its VM and lease on the server.
-    sim.fail_method(MethodFault::delay(
-        "HttpNfcLeaseComplete",
-        Duration::from_secs(120),
-    ))
+async fn uploads_of(sim: &Vcsim, vm_name: &str) -> Vec<UploadedFile> {
+    sim.uploaded_files()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.vm_name == vm_name)
+        .collect()
+}
+
+/// Runs `ova-upload upload` of `ova` as `vm_name` in a child process and
+/// kills it (SIGKILL) once its first disk was uploaded whole: the harness
+/// holds the second disk's upload after 64 KiB (and drops it, never
+/// completing it, 2 minutes later), so the kill lands while that one is
+/// in flight. Returns the session the child left.
+async fn kill_after_first_disk(
+    sim: &Vcsim,
+    ova: &Path,
+    sessions: &Path,
+    vm_name: &str,
+) -> TransferSession {
+    sim.cut_transfer(
+        CutTransfer::nfc_after(64 << 10)
+            .http_method("POST")
+            .after(1)
+            .hold(Duration::from_secs(120)),
+    )
     .await
     .unwrap();
-
+    let thumb = sim.thumbprint_sha1().expect("TLS").to_owned();
     let args = serde_json::to_string(&[
         "upload",
         ova.to_str().unwrap(),
@@ -190,7 +205,7 @@ async fn killed_with_sigkill_then_resumed_completes() {
         "--datastore",
         "LocalDS_0",
         "--vm-name",
-        "killme",
+        vm_name,
         "--username",
         sim.username(),
         "--thumbprint",
@@ -211,51 +226,76 @@ async fn killed_with_sigkill_then_resumed_completes() {
         .env("OVA_UPLOAD_PASSWORD", sim.password())
         .spawn()
         .unwrap();
-    let store = CheckpointStore::open(&sessions).unwrap();
+    let store = CheckpointStore::open(sessions).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "the upload made no progress");
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the upload exited before it was killed: {status}");
         }
-        let leftover = store
+        let first_done = store
             .list()
             .unwrap()
             .into_iter()
             .filter_map(|e| e.session.ok())
-            .find_map(|s| leftover_of(&s));
-        if leftover.is_some() && calls(&sim, "HttpNfcLeaseComplete").await >= 1 {
+            .filter_map(|s| reattach_of(&s))
+            .any(|(state, _)| state.files.first().is_some_and(|f| f.finished));
+        if first_done {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Mostly the second upload is held by now (a kill before it started
+    // is a case of interest too).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // When the kill came before the second upload reached the server, the
+    // hold is still armed: it must not catch the resumed upload.
+    sim.clear_faults().await.unwrap();
 
-    // Killed: its session records the VM it left; the VM is there.
+    // Killed: its session records the VM and lease it left, which files
+    // were finished, and the login session; the VM is there.
     let listed = store.list().unwrap();
     assert_eq!(listed.len(), 1);
     let session = listed[0].session.as_ref().unwrap().clone();
     assert!(!super::is_done(&session));
     let leftover = leftover_of(&session).expect("the leftover is recorded");
-    assert_eq!(leftover.name, "killme");
+    assert_eq!(leftover.name, vm_name);
+    let (state, _) = reattach_of(&session).expect("the lease and login session are recorded");
+    let finished: Vec<bool> = state.files.iter().map(|f| f.finished).collect();
+    assert_eq!(finished, [true, false]);
+    assert_eq!(state.entity, leftover.entity);
     let inv = sim.inventory().await.unwrap();
-    assert_eq!(
-        inv.vm("killme").unwrap().entity.moref,
-        leftover.entity.value
-    );
-    let first: Vec<_> = sim
-        .uploaded_files()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|u| u.vm_name == "killme")
+    assert_eq!(inv.vm(vm_name).unwrap().entity.moref, leftover.entity.value);
+    // The first disk arrived whole; the second did not (the kill may also
+    // have come before its body started: then the harness has recorded it
+    // empty and incomplete).
+    let sent = uploads_of(sim, vm_name).await;
+    let whole: Vec<&str> = sent
+        .iter()
+        .filter(|u| u.complete)
+        .map(|u| u.name.as_str())
         .collect();
-    assert_eq!(first.len(), 2, "both disks were sent before the kill");
-    assert!(session.items.iter().all(|i| i.is_complete()), "{session:?}");
+    assert_eq!(whole, ["disk-0.vmdk"], "{sent:?}");
+    assert!(session.items[0].is_complete() && !session.items[1].is_complete());
+    session
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_sigkill_then_resumed_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, shas) = two_disk_ova(dir.path()).await;
+    let sessions = dir.path().join("sessions");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let session = kill_after_first_disk(&sim, &ova, &sessions, "killme").await;
+    let leftover = leftover_of(&session).unwrap();
+    let store = CheckpointStore::open(&sessions).unwrap();
+    let logins = calls(&sim, "Login").await;
 
     // Resume (the most recent session; the password again, the rest from
-    // the session): the leftover is removed and the import done again.
+    // the session): the saved login session is reused and the import goes
+    // on within the killed run's lease.
     let password = sim.password().to_owned();
     let code = run(cli(&[
         "resume",
@@ -267,36 +307,46 @@ async fn killed_with_sigkill_then_resumed_completes() {
     ]))
     .await;
     assert_eq!(code, 0);
+    assert_eq!(calls(&sim, "Login").await, logins, "the session was reused");
     let inv = sim.inventory().await.unwrap();
     let vms: Vec<_> = inv
         .vms
         .iter()
         .filter(|v| v.entity.name == "killme")
         .collect();
-    assert_eq!(vms.len(), 1, "one VM, the killed run's removed");
-    assert_ne!(vms[0].entity.moref, leftover.entity.value);
-    let ups: Vec<_> = sim
-        .uploaded_files()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|u| u.vm_name == "killme")
-        .collect();
-    assert_eq!(ups.len(), 4, "{ups:?}");
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].entity.moref, leftover.entity.value, "the same VM");
+    let ups = uploads_of(&sim, "killme").await;
+    let disk0: Vec<_> = ups.iter().filter(|u| u.name == "disk-0.vmdk").collect();
+    assert_eq!(disk0.len(), 1, "the finished disk was sent again: {ups:?}");
     for (i, sha) in shas.iter().enumerate() {
         let name = format!("disk-{i}.vmdk");
-        let last = ups.iter().rev().find(|u| u.name == name).unwrap();
-        assert!(last.complete);
+        let last = ups
+            .iter()
+            .rev()
+            .find(|u| u.name == name && u.complete)
+            .unwrap_or_else(|| panic!("{name} never arrived whole: {ups:?}"));
         assert_eq!(&last.sha256, sha, "{name} differs after the resume");
-        assert_eq!(last.vm, vms[0].entity.moref);
+        assert_eq!(last.vm, leftover.entity.value);
     }
+    assert!(
+        sim.leases().await.unwrap().is_empty(),
+        "the lease completed"
+    );
     let session = store.load(&session.id).unwrap();
     assert!(super::is_done(&session));
+    assert_eq!(session.metadata["last_resume"].as_str(), Some("reattached"));
     assert!(leftover_of(&session).is_none());
+    assert!(!session.metadata.contains_key(REATTACH));
+    assert!(
+        !session.metadata.contains_key(LOGIN_SESSION),
+        "the cookie outlived the import"
+    );
     assert_eq!(
         session.metadata["vm"].as_str(),
-        Some(vms[0].entity.moref.as_str())
+        Some(leftover.entity.value.as_str())
     );
+    assert!(session.items.iter().all(|i| i.is_complete()), "{session:?}");
     assert!(!serde_json::to_string(&session).unwrap().contains(&password));
 
     // Nothing left to resume; completed sessions are cleaned.
@@ -328,6 +378,67 @@ async fn killed_with_sigkill_then_resumed_completes() {
         0
     );
     assert!(store.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_then_resumed_after_the_lease_expired_imports_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, shas) = two_disk_ova(dir.path()).await;
+    let sessions = dir.path().join("sessions");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let session = kill_after_first_disk(&sim, &ova, &sessions, "expired").await;
+    let leftover = leftover_of(&session).unwrap();
+    // Too late: the lease timed out without its renewals.
+    assert_eq!(sim.expire_leases(None).await.unwrap(), 1);
+
+    let password = sim.password().to_owned();
+    let code = run(cli(&[
+        "resume",
+        "--session-id",
+        session.id.as_str(),
+        "--session-dir",
+        sessions.to_str().unwrap(),
+        "--password",
+        &password,
+        "--quiet",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    // The killed run's VM was removed and the OVA imported again, every
+    // disk sent anew.
+    let inv = sim.inventory().await.unwrap();
+    let vms: Vec<_> = inv
+        .vms
+        .iter()
+        .filter(|v| v.entity.name == "expired")
+        .collect();
+    assert_eq!(vms.len(), 1, "one VM, the killed run's removed");
+    assert_ne!(vms[0].entity.moref, leftover.entity.value);
+    let ups = uploads_of(&sim, "expired").await;
+    for (i, sha) in shas.iter().enumerate() {
+        let name = format!("disk-{i}.vmdk");
+        let last = ups
+            .iter()
+            .rev()
+            .find(|u| u.name == name && u.complete)
+            .unwrap_or_else(|| panic!("{name} never arrived whole: {ups:?}"));
+        assert_eq!(&last.sha256, sha, "{name} differs after the re-import");
+        assert_eq!(last.vm, vms[0].entity.moref);
+    }
+    assert_eq!(
+        ups.iter().filter(|u| u.name == "disk-0.vmdk").count(),
+        2,
+        "{ups:?}"
+    );
+    let store = CheckpointStore::open(&sessions).unwrap();
+    let session = store.load(&session.id).unwrap();
+    assert!(super::is_done(&session));
+    assert_eq!(session.metadata["last_resume"].as_str(), Some("reimported"));
+    assert!(!session.metadata.contains_key(LOGIN_SESSION));
+    assert_eq!(
+        session.metadata["vm"].as_str(),
+        Some(vms[0].entity.moref.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,4 +516,69 @@ async fn a_wrong_thumbprint_is_refused_before_credentials() {
     .await
     .unwrap_err();
     assert_eq!(e.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_sessions_logs_out_the_saved_login_session() {
+    use hypersdk_vsphere::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    // A session an interrupted run left, holding a live login session.
+    let client = Client::builder(&sim.host_port())
+        .credentials(sim.username(), sim.password())
+        .pin_thumbprint(sim.thumbprint_sha256().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let cookie = client.leave_session().unwrap();
+    let job = super::Job {
+        host: sim.host_port(),
+        username: sim.username().to_owned(),
+        datastore: "LocalDS_0".into(),
+        vm_name: Some("gone".into()),
+        network: "VM Network".into(),
+        disk_provisioning: "thin".into(),
+        thumbprint: Some(sim.thumbprint_sha256().unwrap().to_owned()),
+        ca_file: None,
+        insecure: false,
+        verify: true,
+    };
+    let mut session = TransferSession::new(super::KIND, "x.ova", "target");
+    job.to_metadata(&mut session);
+    session
+        .metadata
+        .insert(LOGIN_SESSION.into(), serde_json::json!(cookie.expose()));
+    let store = CheckpointStore::open(&sessions).unwrap();
+    store.save(&mut session).unwrap();
+    let reconnect = || {
+        Client::builder(&sim.host_port())
+            .pin_thumbprint(sim.thumbprint_sha256().unwrap())
+            .session_cookie(cookie.clone())
+            .connect()
+    };
+    let probe = reconnect().await.unwrap();
+    assert!(probe.session_reused());
+    // Dropped as it is, the probe would log the session out itself.
+    assert!(probe.leave_session().is_some());
+    assert_eq!(calls(&sim, "Logout").await, 0);
+
+    assert_eq!(
+        run(cli(&[
+            "clean-sessions",
+            "--all",
+            "--session-dir",
+            sessions.to_str().unwrap(),
+            "--quiet"
+        ]))
+        .await,
+        0
+    );
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(calls(&sim, "Logout").await, 1);
+    // The cookie is worth nothing now (and without credentials nothing
+    // replaces it).
+    let e = reconnect().await.unwrap_err();
+    assert_eq!(e.kind(), hypersdk_core::ErrorKind::Unauthenticated, "{e}");
 }
