@@ -690,6 +690,34 @@ async fn a_wrong_previous_image_is_refused() {
     assert!(!again.previous_deleted, "delete_previous is off");
 }
 
+#[tokio::test]
+async fn a_vm_without_exported_disks_is_refused_not_backed_up_empty() {
+    let (exporter, _) = exporter().await;
+    let phy_only = VmSpec::new("phy-only");
+    let id = phy_only.id.clone();
+    exporter.add_vm(phy_only);
+    let dir = tempfile::tempdir().unwrap();
+    let backup = OvmBackup::new(client(&exporter), dir.path()).with_options(options());
+    let e = backup.full(&id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("phy:"), "{e}");
+    assert!(exporter.snapshot_ids(&id).is_empty(), "a snapshot was made");
+    // No image, state or session file (the session directory may exist).
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(files.is_empty(), "left behind: {files:?}");
+}
+
 /// Rewrites the recorded image of `disk` as if the previous snapshot's
 /// disk had been `size` bytes long: the image cut or extended to `size`,
 /// its size, SHA-256 and fingerprint recorded again.

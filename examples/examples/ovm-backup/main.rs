@@ -262,6 +262,13 @@ async fn execute(
                     ),
                 )?;
             }
+            if vms.iter().any(|vm| vm.disks.is_empty()) {
+                writeln_out(
+                    out,
+                    "note: a VM with 0 disks cannot be backed up: the exporter lists only \
+                     file-backed disks on OCFS2 repositories (phy: devices are not served)",
+                )?;
+            }
             Ok(())
         }
         Command::ListSnapshots { vm } => {

@@ -1100,6 +1100,19 @@ impl OvmBackup {
     /// Creates the snapshot, or checks the given one; returns its id and
     /// whether it was created.
     async fn take_snapshot(&self, vm: &VirtualMachine) -> Result<(String, bool)> {
+        if vm.disks.is_empty() {
+            // The exporter lists file-backed disks only; a VM whose disks
+            // are all `phy:` devices would give an empty "backup".
+            return Err(Error::unsupported(
+                format!(
+                    "backup of VM {} ({}): the exporter lists no disk for it (it serves \
+                     file-backed disks on OCFS2 repositories only; phy: devices are not \
+                     exported), so there is nothing to back up",
+                    vm.name, vm.friendly_name
+                ),
+                "ovm",
+            ));
+        }
         if let Some(id) = &self.options.snapshot {
             return Ok((id.clone(), false));
         }
