@@ -111,11 +111,51 @@
 //! a directory while sessions are saved. Each session must have one writer
 //! at a time: two concurrent `save`s of one session both succeed and the
 //! last one wins.
+//!
+//! So a program that drives a session (runs or resumes its transfer,
+//! removes it) first takes the session's lock: [`CheckpointStore::lock`]
+//! gives a [`SessionLock`], an exclusive advisory lock (`flock` on unix,
+//! `LockFileEx` on Windows, through [`std::fs::File::try_lock`]) on the file
+//! `<dir>/<id>.lock`, held until the [`SessionLock`] is dropped or the
+//! process ends, however it ends (the kernel releases it; a killed process
+//! leaves no stale lock). It never waits: while another process (or another
+//! [`SessionLock`] of this one) holds it, `lock` fails at once with an
+//! [`Error::Conflict`] that names the session and says it is in use by
+//! another process. [`CheckpointStore::remove`] and
+//! [`CheckpointStore::clean_older_than`] take the lock too, so they never
+//! pull a session from under a running transfer; its holder removes the
+//! session with [`SessionLock::remove_session`]. On unix a lock file exists
+//! only while its lock is held (or after a crash, until the next lock of
+//! the session); elsewhere it stays, empty but for the holder's pid. Reading
+//! ([`CheckpointStore::load`], [`CheckpointStore::list`]) takes no lock.
+//!
+//! ```
+//! use hypersdk_core::checkpoint::{CheckpointStore, TransferSession};
+//! use hypersdk_core::ErrorKind;
+//!
+//! # fn main() -> hypersdk_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = CheckpointStore::open(dir.path())?;
+//! let mut session = TransferSession::new("ova-upload", "a.ova", "esx");
+//! let lock = store.lock(&session.id)?; // held while this process drives it
+//! store.save(&mut session)?;
+//!
+//! // A second driver (another process, or here another lock) is refused.
+//! let e = store.lock(&session.id).unwrap_err();
+//! assert_eq!(e.kind(), ErrorKind::Conflict);
+//! assert!(e.to_string().contains("in use by another process"), "{e}");
+//! assert_eq!(store.remove(&session.id).unwrap_err().kind(), ErrorKind::Conflict);
+//!
+//! drop(lock);
+//! store.remove(&session.id)?; // free again
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -137,6 +177,13 @@ const FILE_MODE: u32 = 0o600;
 
 /// The suffix of session files.
 const SUFFIX: &str = ".json";
+
+/// The suffix of session lock files.
+const LOCK_SUFFIX: &str = ".lock";
+
+/// How many times [`CheckpointStore::lock`] opens the lock file again when
+/// the one it locked was removed meanwhile (by a holder letting go).
+const LOCK_ATTEMPTS: u32 = 8;
 
 /// How an error message names a session file.
 fn file_object(path: &Path) -> String {
@@ -830,28 +877,83 @@ impl CheckpointStore {
     }
 
     /// Removes the file of session `id`, without reading it, so it also
-    /// removes damaged files.
+    /// removes damaged files. It takes the session's lock for that (and
+    /// removes the lock file with it on unix): a session in use is left
+    /// alone. The holder of a [`SessionLock`] removes its session with
+    /// [`SessionLock::remove_session`].
     ///
     /// Fails with [`Error::NotFound`] naming the file if there is none: a
     /// mistyped id is reported rather than ignored (callers that want an
-    /// idempotent removal ignore errors with [`Error::is_not_found`]), and
-    /// with [`Error::InvalidInput`] for an invalid id.
+    /// idempotent removal ignore errors with [`Error::is_not_found`]), with
+    /// [`Error::Conflict`] when the session is in use ([`lock`](Self::lock)
+    /// fails), and with [`Error::InvalidInput`] for an invalid id.
     pub fn remove(&self, id: impl AsRef<str>) -> Result<()> {
+        self.lock(id)?.remove_session()
+    }
+
+    /// Takes the exclusive lock of session `id` (the session file need not
+    /// exist yet): held until the returned [`SessionLock`] is dropped or
+    /// this process ends. See the [module
+    /// documentation](self#blocking-and-concurrency).
+    ///
+    /// Fails at once, without waiting, with [`Error::Conflict`] naming the
+    /// session when another process (or another [`SessionLock`] of this
+    /// one) holds it: "in use by another process", with that process's id
+    /// when known. Fails with [`Error::InvalidInput`] for an invalid id,
+    /// and with an I/O error when the lock file cannot be created or
+    /// locked.
+    pub fn lock(&self, id: impl AsRef<str>) -> Result<SessionLock> {
         let id = SessionId::new(id.as_ref())?;
-        let path = self.file(&id);
-        fs::remove_file(&path).map_err(|e| Error::io(file_object(&path), e))?;
-        self.sync_dir();
-        Ok(())
+        let path = self.lock_file(&id);
+        let object = || format!("checkpoint lock file '{}'", path.display());
+        for _ in 0..LOCK_ATTEMPTS {
+            let mut file = open_lock_file(&path).map_err(|e| Error::io(object(), e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(in_use(&id, &path, holder_pid(&mut file)));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(object(), e)),
+            }
+            // A holder that let go between our open and our lock removed
+            // the file we locked (and someone may have made a new one):
+            // only the file at `path` counts.
+            if !is_file_at(&file, &path) {
+                continue;
+            }
+            // Who holds it, for the message of the next one to try.
+            let _ = write_pid(&mut file);
+            return Ok(SessionLock {
+                store: self.clone(),
+                id,
+                path,
+                file: Some(file),
+            });
+        }
+        Err(Error::Conflict {
+            object: format!("checkpoint session '{id}'"),
+            message: format!(
+                "its lock file '{}' keeps being removed and made again: another process is \
+                 using the session",
+                path.display()
+            ),
+        })
+    }
+
+    fn lock_file(&self, id: &SessionId) -> PathBuf {
+        self.dir.join(format!("{id}{LOCK_SUFFIX}"))
     }
 
     /// Removes the sessions last saved more than `age` ago
     /// ([`updated_at`](TransferSession::updated_at) before now − `age`).
     ///
     /// Files that cannot be loaded are left in place and reported in
-    /// [`CleanReport::skipped`], as are files whose removal fails; remove
-    /// them with [`remove`](Self::remove). Do not clean sessions that are in
-    /// use: a session saved between this method's read and its removal is
-    /// removed all the same. Fails only if the directory cannot be read.
+    /// [`CleanReport::skipped`], as are files whose removal fails and
+    /// sessions in use (whose [`lock`](Self::lock) is held: an
+    /// [`Error::Conflict`]); remove them with [`remove`](Self::remove).
+    /// Each session is removed under its lock, so a transfer that holds its
+    /// session's lock keeps it whatever its age. Fails only if the
+    /// directory cannot be read.
     pub fn clean_older_than(&self, age: Duration) -> Result<CleanReport> {
         // An age beyond chrono's range means nothing is old enough.
         let cutoff = TimeDelta::from_std(age)
@@ -861,6 +963,13 @@ impl CheckpointStore {
         for entry in self.list()? {
             match entry.session {
                 Ok(session) if cutoff.is_some_and(|c| session.updated_at < c) => {
+                    let lock = match self.lock(&entry.id) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            report.skipped.push((entry.id, e));
+                            continue;
+                        }
+                    };
                     match fs::remove_file(&entry.path) {
                         Ok(()) => report.removed.push(entry.id),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -868,6 +977,7 @@ impl CheckpointStore {
                             .skipped
                             .push((entry.id, Error::io(file_object(&entry.path), e))),
                     }
+                    drop(lock);
                 }
                 Ok(_) => {}
                 Err(e) => report.skipped.push((entry.id, e)),
@@ -889,6 +999,126 @@ impl CheckpointStore {
                 "cannot sync the checkpoint directory"
             );
         }
+    }
+}
+
+/// The exclusive lock of one session, from [`CheckpointStore::lock`]: held
+/// until dropped (or the process ends). See the [module
+/// documentation](self#blocking-and-concurrency).
+#[derive(Debug)]
+pub struct SessionLock {
+    store: CheckpointStore,
+    id: SessionId,
+    path: PathBuf,
+    /// The locked lock file; `None` once released.
+    file: Option<fs::File>,
+}
+
+impl SessionLock {
+    /// The session this lock is for.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// The lock file, `<dir>/<id>.lock`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the session's file (without reading it), then lets go of the
+    /// lock: what [`CheckpointStore::remove`] does for a session nobody
+    /// holds, for the holder of its lock.
+    ///
+    /// Fails with [`Error::NotFound`] naming the file if there is none; the
+    /// lock is released either way.
+    pub fn remove_session(self) -> Result<()> {
+        let path = self.store.file(&self.id);
+        fs::remove_file(&path).map_err(|e| Error::io(file_object(&path), e))?;
+        self.store.sync_dir();
+        Ok(())
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        // Unix: the lock file goes while it is still locked, so whoever
+        // opened it meanwhile sees it gone once they get the lock, and opens
+        // the path again (see `lock`). Elsewhere the file cannot be checked
+        // that way: it stays.
+        #[cfg(unix)]
+        if is_file_at(&file, &self.path)
+            && let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::debug!(error = %e, path = %self.path.display(), "cannot remove the session lock file");
+        }
+        // Closing the file releases the lock.
+        drop(file);
+    }
+}
+
+/// Opens (creating it, mode 0600 on unix) the lock file at `path`.
+fn open_lock_file(path: &Path) -> io::Result<fs::File> {
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts.open(path)
+}
+
+/// Whether `file` is the file at `path` now (unix: same device and inode;
+/// elsewhere assumed).
+fn is_file_at(file: &fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
+}
+
+/// Writes this process's id into the (locked) lock file.
+fn write_pid(file: &mut fs::File) -> io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(std::process::id().to_string().as_bytes())
+}
+
+/// The pid the holder wrote into the lock file, if readable.
+fn holder_pid(file: &mut fs::File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The error of a session whose lock is held.
+fn in_use(id: &SessionId, path: &Path, pid: Option<u32>) -> Error {
+    let by = match pid {
+        Some(p) if p == std::process::id() => format!(" (pid {p}: this one, through another lock)"),
+        Some(p) => format!(" (pid {p})"),
+        None => String::new(),
+    };
+    Error::Conflict {
+        object: format!("checkpoint session '{id}'"),
+        message: format!(
+            "it is in use by another process{by}, which holds its lock '{}'; wait for it to \
+             end or stop it",
+            path.display()
+        ),
     }
 }
 
@@ -1317,6 +1547,73 @@ mod tests {
         let report = store.clean_older_than(Duration::ZERO).unwrap();
         assert_eq!(report.removed, [SessionId::new("fresh").unwrap()]);
         assert!(store.load("skewed").is_ok());
+    }
+
+    #[test]
+    fn a_session_lock_is_exclusive_until_dropped() {
+        let (_tmp, store) = store();
+        let a = SessionId::new("a").unwrap();
+        let lock = store.lock(&a).unwrap();
+        assert_eq!(lock.id(), &a);
+        assert_eq!(lock.path(), store.dir().join("a.lock"));
+        // A second lock of the same session: refused at once, naming it.
+        let e = store.lock(&a).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let m = e.to_string();
+        assert!(m.contains("session 'a'"), "{m}");
+        assert!(m.contains("in use by another process"), "{m}");
+        assert!(m.contains(&format!("pid {}", std::process::id())), "{m}");
+        // Other sessions are independent.
+        let b = store.lock("b").unwrap();
+        assert_eq!(store.lock("b").unwrap_err().kind(), ErrorKind::Conflict);
+        // Lock files are not sessions.
+        assert!(store.list().unwrap().is_empty());
+        drop(lock);
+        let again = store.lock(&a).unwrap();
+        assert_eq!(store.lock(&a).unwrap_err().kind(), ErrorKind::Conflict);
+        drop(again);
+        drop(b);
+        #[cfg(unix)]
+        assert!(names(store.dir()).is_empty(), "{:?}", names(store.dir()));
+        assert_eq!(
+            store.lock("../x").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn a_locked_session_is_neither_removed_nor_cleaned() {
+        let (_tmp, store) = store();
+        let mut s = session();
+        store.save(&mut s).unwrap();
+        let lock = store.lock(&s.id).unwrap();
+        let e = store.remove(&s.id).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let report = store.clean_older_than(Duration::ZERO).unwrap();
+        assert!(report.removed.is_empty());
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].0, s.id);
+        assert_eq!(report.skipped[0].1.kind(), ErrorKind::Conflict);
+        assert_eq!(store.load(&s.id).unwrap(), s);
+        // Its holder removes it; the lock file goes with the lock.
+        lock.remove_session().unwrap();
+        assert!(store.load(&s.id).unwrap_err().is_not_found());
+        #[cfg(unix)]
+        assert!(names(store.dir()).is_empty(), "{:?}", names(store.dir()));
+
+        // Unlocked sessions are cleaned and removed, stale lock files (a
+        // killed holder's) with them.
+        let mut t = session();
+        store.save(&mut t).unwrap();
+        fs::write(store.dir().join(format!("{}.lock", t.id)), b"999999").unwrap();
+        let report = store.clean_older_than(Duration::ZERO).unwrap();
+        assert_eq!(report.removed, [t.id.clone()]);
+        let mut u = session();
+        store.save(&mut u).unwrap();
+        fs::write(store.dir().join(format!("{}.lock", u.id)), b"").unwrap();
+        store.remove(&u.id).unwrap();
+        #[cfg(unix)]
+        assert!(names(store.dir()).is_empty(), "{:?}", names(store.dir()));
     }
 
     #[test]
