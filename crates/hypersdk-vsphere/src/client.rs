@@ -513,10 +513,18 @@ impl ClientBuilder {
         );
         let reused = match &self.session_cookie {
             Some(saved) => {
-                let live =
-                    check_session(&transport, &api_version, &service, &self.backoff, saved).await?;
+                let user = credentials.as_ref().map(|c| c.username.as_str());
+                let live = check_session(
+                    &transport,
+                    &api_version,
+                    &service,
+                    &self.backoff,
+                    saved,
+                    user,
+                )
+                .await?;
                 if live.is_none() {
-                    tracing::info!(url = %url_text, "the saved vSphere session is gone; logging in");
+                    tracing::info!(url = %url_text, "the saved vSphere session cannot be used; logging in");
                 }
                 live
             }
@@ -592,13 +600,16 @@ impl ClientBuilder {
 /// `SessionManager.currentSession` with it (retried on transient
 /// failures). Returns the cookie to go on with (a new one if the server
 /// sent one), or `None` when the session is gone (`NotAuthenticated` as a
-/// fault or, as vcsim answers, in `missingSet`; or no `currentSession`).
+/// fault or, as vcsim answers, in `missingSet`; or no `currentSession`) or
+/// belongs to another user than `user` (the credentials'), which is not
+/// reused either.
 async fn check_session(
     transport: &Transport,
     version: &str,
     service: &ServiceContent,
     backoff: &Backoff,
     saved: &SessionCookie,
+    user: Option<&str>,
 ) -> Result<Option<String>> {
     let spec = PropertyFilterSpec::new(
         vec![PropertySpec::new("SessionManager", ["currentSession"])],
@@ -619,15 +630,54 @@ async fn check_session(
     if missing_not_authenticated(&node) {
         return Ok(None);
     }
-    let live = RetrieveResult::from_response(node)
+    let result = RetrieveResult::from_response(node);
+    let Some(current) = result
         .objects
         .iter()
         .filter(|o| o.obj == service.session_manager)
-        .any(|o| {
-            o.prop("currentSession")
-                .is_some_and(|s| !s.children.is_empty() || !s.text.trim().is_empty())
-        });
-    Ok(live.then(|| new_cookie.unwrap_or_else(|| saved.expose().to_owned())))
+        .filter_map(|o| o.prop("currentSession"))
+        .find(|s| !s.children.is_empty() || !s.text.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    if let (Some(user), Some(owner)) = (user, current.text_at(&["userName"]))
+        && !same_user(owner, user)
+    {
+        tracing::warn!(
+            session_user = %owner,
+            user = %user,
+            "the saved vSphere session belongs to another user: not reusing it"
+        );
+        return Ok(None);
+    }
+    Ok(Some(
+        new_cookie.unwrap_or_else(|| saved.expose().to_owned()),
+    ))
+}
+
+/// Whether the `userName` of a session and a login name are the same user,
+/// whatever the spelling of the domain: `VSPHERE.LOCAL\Administrator` is
+/// `administrator@vsphere.local`, `CORP\jdoe` is `jdoe@corp.example.com`;
+/// a name without a domain matches any.
+fn same_user(session_user: &str, login: &str) -> bool {
+    fn split(u: &str) -> (String, Option<String>) {
+        let u = u.trim().to_lowercase();
+        if let Some((domain, name)) = u.split_once('\\') {
+            return (name.to_owned(), Some(domain.to_owned()));
+        }
+        if let Some((name, domain)) = u.rsplit_once('@') {
+            return (name.to_owned(), Some(domain.to_owned()));
+        }
+        (u, None)
+    }
+    let (a, a_domain) = split(session_user);
+    let (b, b_domain) = split(login);
+    let first = |d: &str| d.split('.').next().unwrap_or_default().to_owned();
+    a == b
+        && match (a_domain, b_domain) {
+            (Some(x), Some(y)) => x == y || first(&x) == first(&y),
+            _ => true,
+        }
 }
 
 /// `https://host` → `https://host/sdk`; user-info is taken out.
@@ -1641,6 +1691,23 @@ pub fn vim_fault(error: &Error) -> Option<&VimFault> {
 mod tests {
     use super::*;
     use hypersdk_core::ErrorKind;
+
+    #[test]
+    fn session_users_match_whatever_the_domain_spelling() {
+        assert!(same_user("root", "root"));
+        assert!(same_user(
+            "VSPHERE.LOCAL\\Administrator",
+            "administrator@vsphere.local"
+        ));
+        assert!(same_user("CORP\\jdoe", "jdoe@corp.example.com"));
+        assert!(same_user("Administrator", "administrator@vsphere.local"));
+        assert!(!same_user("root", "admin"));
+        assert!(!same_user(
+            "VSPHERE.LOCAL\\Administrator",
+            "administrator@other.local"
+        ));
+        assert!(!same_user("CORP\\jdoe", "jdoe2@corp.example.com"));
+    }
 
     #[test]
     fn urls_are_normalised_and_credentials_taken_out() {

@@ -110,7 +110,23 @@
 //! [`clean_up_leftover`] with [`ReattachState::leftover`] (or what
 //! [`ImportObserver::lease_ready`] reported) and imports again from the
 //! first file, as the `ova-upload` example does. Inside a file nothing can
-//! be resumed: a file cut mid-upload is sent again from its start.
+//! be resumed: a file cut mid-upload is sent again from its start. Only a
+//! [`LeaseUnusable`] error means that: after any other failure before the
+//! lease was taken over (the OVA unreadable, the network down) the lease
+//! is left as it was and can be continued later, while it lives.
+//!
+//! A file counts as uploaded only once it went out whole and the server
+//! said so: a `2xx` that comes while the body is still going out (the
+//! server answered early and closed) is an error, never a finished file.
+//! Just before `HttpNfcLeaseComplete` the state is handed out once more
+//! with [`ReattachState::completing`] set, so that a process killed after
+//! the server completed the lease, but before it heard so, does not take
+//! the finished VM for a leftover: [`reattach_ova`] (and
+//! [`completed_import`], which works from any login session) then reports
+//! the import as done. Nor is a VM ever destroyed once its lease is
+//! `done`. Two processes must not drive one import at a time: callers that
+//! persist the state lock it (the `ova-upload` example takes the
+//! [`hypersdk_core::checkpoint::SessionLock`] of its session).
 //!
 //! ```no_run
 //! # async fn demo(client: &hypersdk_vsphere::Client) -> hypersdk_core::Result<()> {
@@ -161,7 +177,7 @@ use tokio::io::AsyncRead;
 use crate::client::{Client, fault_to_error};
 use crate::datastore::{DatastoreInfo, datacenters_and_datastores, manager, view_objects};
 use crate::inventory::find_by_inventory_path;
-use crate::lease::{DeviceUrl, LeaseProgress, NfcLease};
+use crate::lease::{DeviceUrl, LeaseInfo, LeaseProgress, NfcLease};
 pub use crate::lease::{LeaseUnusable, lease_unusable};
 use crate::property::{retrieve, retrieve_one};
 use crate::soap::{Node, Request, SoapResponse, VimFault, parse_response};
@@ -390,10 +406,15 @@ pub struct Leftover {
 /// session's cookie ([`Client::session_cookie`]): the lease belongs to
 /// that session. The lease URLs carry no credentials, but whoever knows
 /// one may be able to send that file while the lease lives: keep the state
-/// as private as the cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// as private as the cookie. `Debug` shows only their hosts.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ReattachState {
+    /// The version of this record ([`ReattachState::VERSION`]; 1 when
+    /// absent, as written before it had one). [`reattach_ova`] refuses
+    /// other versions.
+    #[serde(default = "reattach_version_1")]
+    pub version: u32,
     /// The SOAP URL of the server the import runs on ([`Client::url`]).
     pub server: String,
     /// The import's `HttpNfcLease`.
@@ -412,10 +433,57 @@ pub struct ReattachState {
     pub lease_timeout_secs: u32,
     /// The file items, in the import spec's order.
     pub files: Vec<ReattachFile>,
+    /// Set (and handed to [`ImportObserver::reattach_state`]) just before
+    /// `HttpNfcLeaseComplete` is sent, every file having been uploaded
+    /// whole; cleared again if completing fails. A process killed between
+    /// the server completing the lease and the caller recording it leaves
+    /// it set: [`reattach_ova`] and [`completed_import`] then take a lease
+    /// that is `done` or gone, whose VM still exists under its name, for
+    /// the completed import it is, instead of a leftover to remove.
+    #[serde(default)]
+    pub completing: bool,
 }
 
-/// One file item of a [`ReattachState`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+fn reattach_version_1() -> u32 {
+    1
+}
+
+impl fmt::Debug for ReattachState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReattachState")
+            .field("version", &self.version)
+            .field("server", &redact_url(&self.server))
+            .field("lease", &self.lease)
+            .field("entity", &self.entity)
+            .field("name", &self.name)
+            .field("descriptor_sha256", &self.descriptor_sha256)
+            .field("lease_timeout_secs", &self.lease_timeout_secs)
+            .field("files", &self.files)
+            .field("completing", &self.completing)
+            .finish()
+    }
+}
+
+/// A lease URL as `Debug` shows it: scheme, host and port only
+/// (`https://esx01:443/…`); whoever knows the whole URL may send the file
+/// while the lease lives.
+fn url_origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default()
+        ),
+        Err(_) => "…".to_owned(),
+    }
+}
+
+/// One file item of a [`ReattachState`]. `Debug` shows only the host of
+/// its URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ReattachFile {
     /// The OVF `href`.
@@ -434,7 +502,24 @@ pub struct ReattachFile {
     pub bytes: u64,
 }
 
+impl fmt::Debug for ReattachFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReattachFile")
+            .field("path", &self.path)
+            .field("device_id", &self.device_id)
+            .field("url", &url_origin(&self.url))
+            .field("create", &self.create)
+            .field("finished", &self.finished)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
 impl ReattachState {
+    /// The version of the record this SDK writes, and the only one
+    /// [`reattach_ova`] reads.
+    pub const VERSION: u32 = 1;
+
     /// What to remove when the import cannot be continued
     /// ([`clean_up_leftover`]).
     pub fn leftover(&self) -> Leftover {
@@ -504,6 +589,7 @@ impl ReattachState {
             })
             .collect();
         ReattachState {
+            version: ReattachState::VERSION,
             server: client.url().to_owned(),
             lease: lease.moref().clone(),
             entity: entity.clone(),
@@ -511,7 +597,21 @@ impl ReattachState {
             descriptor_sha256: descriptor_sha256(descriptor),
             lease_timeout_secs: lease.info().lease_timeout_secs,
             files,
+            completing: false,
         }
+    }
+
+    /// [`Error::UnsupportedVersion`] unless this is a record of
+    /// [`ReattachState::VERSION`].
+    fn check_version(&self) -> Result<()> {
+        if self.version == ReattachState::VERSION {
+            return Ok(());
+        }
+        Err(Error::UnsupportedVersion {
+            object: format!("the recorded import state of '{}'", self.name),
+            found: self.version.to_string(),
+            supported: ReattachState::VERSION.to_string(),
+        })
     }
 
     /// The file items to upload, as the import spec listed them.
@@ -577,9 +677,11 @@ pub trait ImportObserver: Send + Sync + fmt::Debug {
 
     /// What [`reattach_ova`] needs to continue this import in another
     /// process while its lease and login session live: called when the
-    /// lease is ready (after [`ImportObserver::lease_ready`]) and again
+    /// lease is ready (after [`ImportObserver::lease_ready`]), again
     /// after each file was uploaded whole (after
-    /// [`ImportObserver::file_uploaded`]). Persist the latest one, with
+    /// [`ImportObserver::file_uploaded`]), and with
+    /// [`ReattachState::completing`] set just before the lease is completed
+    /// (cleared again if that fails). Persist the latest one, with
     /// [`Client::session_cookie`]; drop it once
     /// [`ImportObserver::finished`] or [`ImportObserver::cleaned_up`] is
     /// called.
@@ -814,6 +916,10 @@ pub struct ImportReport {
     /// The files [`reattach_ova`] did not send because an earlier run had
     /// uploaded them whole (empty for a fresh import).
     pub skipped: Vec<String>,
+    /// The earlier run had completed the lease already, and only its record
+    /// of it was lost ([`ReattachState::completing`]): nothing was sent or
+    /// completed now, and `files` is empty.
+    pub completed_earlier: bool,
 }
 
 /// Imports the OVA file at `path`. See the [module documentation](self).
@@ -2284,7 +2390,10 @@ async fn attempt(
         &mut state,
     )
     .await;
-    let files = conclude(client, lease, uploaded, &leftover, &mut guard, opts).await?;
+    let files = conclude(
+        client, lease, uploaded, &leftover, &mut guard, opts, &mut state,
+    )
+    .await?;
     Ok(ImportReport {
         vm: entity,
         name,
@@ -2293,12 +2402,25 @@ async fn attempt(
         attempts: attempt_no,
         elapsed: Duration::ZERO,
         skipped: Vec::new(),
+        completed_earlier: false,
     })
+}
+
+/// The `state` of `lease` as this session sees it; `None` when it cannot
+/// be read (gone for this session, or the read failed).
+async fn lease_state(client: &Client, lease: &MoRef) -> Option<String> {
+    let props = retrieve_one(client, lease, &["state"]).await.ok()?;
+    props.text("state").map(|s| s.trim().to_owned())
 }
 
 /// Ends an import's lease after its uploads: completes it when they all
 /// went through (then powers the VM on if asked), else aborts it and
 /// destroys the VM (unless `keep_on_failure`), telling the observer.
+///
+/// The VM is never destroyed once the lease is `done`: then a
+/// `HttpNfcLeaseComplete` whose answer was lost went through, or another
+/// holder of the login session completed the lease, and the VM is
+/// imported.
 async fn conclude(
     client: &Client,
     lease: NfcLease,
@@ -2306,14 +2428,67 @@ async fn conclude(
     leftover: &Leftover,
     guard: &mut DestroyGuard,
     opts: &OvaImportOptions,
+    state: &mut ReattachState,
 ) -> Result<Vec<ImportedFile>> {
     let entity = &leftover.entity;
+    let lease_ref = lease.moref().clone();
     let finished = match uploaded {
-        Ok(files) => lease.complete().await.map(|()| files),
+        Ok(files) => {
+            // Recorded before the call: a process killed after the server
+            // completed the lease but before it heard so must not take the
+            // VM for a leftover (see `completed_import`).
+            state.completing = true;
+            if let Some(o) = &opts.observer {
+                o.reattach_state(state);
+            }
+            match lease.complete().await {
+                Ok(()) => Ok(files),
+                Err(e) if lease_state(client, &lease_ref).await.as_deref() == Some("done") => {
+                    tracing::warn!(
+                        lease = %lease_ref.value,
+                        error = %e,
+                        "HttpNfcLeaseComplete failed, but the lease is done (the call went \
+                         through and its answer was lost, or another holder of the login session \
+                         completed it): the VM is imported"
+                    );
+                    Ok(files)
+                }
+                Err(e) => {
+                    state.completing = false;
+                    if let Some(o) = &opts.observer {
+                        o.reattach_state(state);
+                    }
+                    Err(e)
+                }
+            }
+        }
         Err(e) => {
             let reason = e.to_string();
             if let Err(a) = lease.abort(&reason).await {
                 tracing::debug!(error = %a, "HttpNfcLeaseAbort failed");
+                if lease_state(client, &lease_ref).await.as_deref() == Some("done") {
+                    // Another holder of the session completed the lease
+                    // under this import: the VM is there to stay.
+                    guard.entity = None;
+                    if let Some(o) = &opts.observer {
+                        o.finished(entity);
+                    }
+                    tracing::warn!(
+                        lease = %lease_ref.value,
+                        entity = %entity,
+                        error = %e,
+                        "the upload failed because the lease was completed by another holder of \
+                         the login session: leaving the VM as that import made it"
+                    );
+                    return Err(Error::Conflict {
+                        object: format!("HttpNfcLease {}", lease_ref.value),
+                        message: format!(
+                            "another holder of the login session completed the lease while this \
+                             import was uploading ({e}); the VM {entity} '{}' is left as it is",
+                            leftover.name
+                        ),
+                    });
+                }
             }
             Err(e)
         }
@@ -2379,21 +2554,38 @@ async fn conclude(
 /// `file_uploaded` per file and `finished` or `cleaned_up` at the end, not
 /// `lease_ready`. There is no restart: a failure during the uploads or the
 /// completion aborts the lease and destroys the VM (unless
-/// `keep_on_failure`), and the caller imports again.
+/// `keep_on_failure`; the observer hears `cleaned_up`), and the caller
+/// imports again.
+///
+/// A state whose [`completing`](ReattachState::completing) mark is set
+/// (the earlier run was killed while it completed the lease) is first
+/// checked with [`completed_import`]: when the lease is `done` or gone and
+/// the VM is there under its name, the import is over, and the report
+/// says [`completed_earlier`](ImportReport::completed_earlier) (nothing is
+/// read, sent, completed or powered on; the observer hears `finished`).
 ///
 /// # Errors
 ///
+/// Failures before the lease is taken over leave everything as it was, the
+/// lease included (it can still be continued while it lives):
+///
 /// - [`Error::NotFound`] with a [`LeaseUnusable`] source
 ///   ([`lease_unusable`]) when the lease is gone for this session, not
-///   `ready` (timed out), or not the one recorded (another server, VM or
-///   URLs): no file was sent, nothing completed, aborted or destroyed
-///   (a `ready` lease may have been renewed once); remove the leftover
+///   `ready` (timed out), or not the one recorded (another server, VM,
+///   URLs, or a lease file the state does not list): no file was sent,
+///   nothing completed, aborted or destroyed (a `ready` lease may have
+///   been renewed once); continuing is impossible: remove the leftover
 ///   with [`clean_up_leftover`] and [`ReattachState::leftover`], then
 ///   import again;
+/// - [`Error::UnsupportedVersion`] for a state of another
+///   [`version`](ReattachState::version);
 /// - [`Error::InvalidInput`] when the OVA is not the one the import
-///   started with (nothing changed either);
-/// - as [`import_ova`] for the OVA, the uploads and the completion (the
-///   lease is then aborted and the VM destroyed).
+///   started with;
+/// - as [`import_ova`] when the OVA cannot be read or is bad, and network
+///   errors reading or renewing the lease.
+///
+/// Failures after it (the uploads, the completion) are as [`import_ova`]'s,
+/// and the lease is then aborted and the VM destroyed.
 pub async fn reattach_ova(
     client: &Client,
     state: &ReattachState,
@@ -2401,6 +2593,7 @@ pub async fn reattach_ova(
     opts: &OvaImportOptions,
 ) -> Result<ImportReport> {
     let started = Instant::now();
+    state.check_version()?;
     if state.server != client.url() {
         return Err(LeaseUnusable::Mismatch {
             detail: format!(
@@ -2410,6 +2603,13 @@ pub async fn reattach_ova(
             ),
         }
         .into_error(&state.lease));
+    }
+    if let Some(mut report) = completed_import(client, state).await? {
+        if let Some(o) = &opts.observer {
+            o.finished(&report.vm);
+        }
+        report.elapsed = started.elapsed();
+        return Ok(report);
     }
     let package = IndexedPackage::open(path, opts).await?;
     if descriptor_sha256(&package.descriptor) != state.descriptor_sha256 {
@@ -2451,7 +2651,7 @@ pub async fn reattach_ova(
         u8::try_from(u128::from(done.min(total)) * 100 / u128::from(total)).unwrap_or(100)
     };
     let lease = NfcLease::reattach(client, state.lease.clone(), percent).await?;
-    if let Some(problem) = reattach_mismatch(state, &lease) {
+    if let Some(problem) = reattach_mismatch(state, lease.info()) {
         // Not ours to end: leave it as it was found.
         lease.detach();
         return Err(LeaseUnusable::Mismatch { detail: problem }.into_error(&state.lease));
@@ -2489,7 +2689,10 @@ pub async fn reattach_ova(
         &mut state,
     )
     .await;
-    let files = conclude(client, lease, uploaded, &leftover, &mut guard, opts).await?;
+    let files = conclude(
+        client, lease, uploaded, &leftover, &mut guard, opts, &mut state,
+    )
+    .await?;
     Ok(ImportReport {
         vm: state.entity.clone(),
         name: state.name.clone(),
@@ -2498,13 +2701,98 @@ pub async fn reattach_ova(
         attempts: 1,
         elapsed: started.elapsed(),
         skipped,
+        completed_earlier: false,
     })
 }
 
-/// What makes `lease` another lease than the one `state` recorded: another
-/// entity, or a URL of a file still to send that changed or is missing.
-fn reattach_mismatch(state: &ReattachState, lease: &NfcLease) -> Option<String> {
-    let info = lease.info();
+/// Whether the import `state` records is over although its run did not
+/// record so: the run was killed between the server completing the lease
+/// and the caller hearing of it ([`ReattachState::completing`] is set).
+/// Then the lease is `done`, or gone (vcsim forgets completed leases; a
+/// login session other than the lease's cannot see it), and the VM exists
+/// under the recorded name: returns the report of that VM
+/// ([`completed_earlier`](ImportReport::completed_earlier), every file
+/// [skipped](ImportReport::skipped), none sent). Returns `None`, changing
+/// nothing, when the mark is not set, a file is not finished, the lease is
+/// still `ready` (continue it with [`reattach_ova`], which completes it) or
+/// ended otherwise (`error`: aborted or timed out), or the VM is gone or
+/// renamed.
+///
+/// Reads the lease's `state` and the VM's `name`; works from any login
+/// session. A lease gone with its VM still there is taken for completed:
+/// on vSphere an aborted or expired import lease takes its VM with it, but
+/// a run killed right after recording the mark, before the completion was
+/// sent, whose login session then ended, leaves such a VM on servers that
+/// keep it (vcsim).
+///
+/// # Errors
+///
+/// [`Error::UnsupportedVersion`] for a state of another
+/// [`version`](ReattachState::version); errors reading the lease (other
+/// than its being gone) or the VM.
+pub async fn completed_import(
+    client: &Client,
+    state: &ReattachState,
+) -> Result<Option<ImportReport>> {
+    state.check_version()?;
+    if !state.completing || state.remaining().next().is_some() {
+        return Ok(None);
+    }
+    let lease = match retrieve_one(client, &state.lease, &["state"]).await {
+        Ok(p) if p.missing.is_empty() => p.text("state").map(|s| s.trim().to_owned()),
+        // Refused (vcsim's answer for an object of another session).
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    match lease.as_deref() {
+        Some("done") | None => {}
+        Some(other) => {
+            tracing::debug!(lease = %state.lease.value, state = other, "the lease was not completed");
+            return Ok(None);
+        }
+    }
+    let name = match retrieve_one(client, &state.entity, &["name"]).await {
+        Ok(o) => o.text("name").map(str::to_owned),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let Some(name) = name else {
+        tracing::info!(entity = %state.entity, "the VM of the completing import is gone");
+        return Ok(None);
+    };
+    if crate::inventory::decode_entity_name(&name) != state.name && name != state.name {
+        tracing::warn!(
+            entity = %state.entity,
+            expected = %state.name,
+            found = %name,
+            "the VM of the completing import has another name now: not taking it for the import"
+        );
+        return Ok(None);
+    }
+    tracing::info!(
+        lease = %state.lease.value,
+        lease_state = lease.as_deref().unwrap_or("gone"),
+        entity = %state.entity,
+        "the import had been completed by the earlier run"
+    );
+    Ok(Some(ImportReport {
+        vm: state.entity.clone(),
+        name: state.name.clone(),
+        files: Vec::new(),
+        warnings: Vec::new(),
+        attempts: 1,
+        elapsed: Duration::ZERO,
+        skipped: state.files.iter().map(|f| f.path.clone()).collect(),
+        completed_earlier: true,
+    }))
+}
+
+/// What makes the lease of `info` another lease than the one `state`
+/// recorded: another entity, a URL of a file still to send that changed or
+/// is missing, or a file of the lease the state does not list (a truncated
+/// or edited state, which would complete the import with a blank disk).
+fn reattach_mismatch(state: &ReattachState, info: &LeaseInfo) -> Option<String> {
     if info.entity.as_ref() != Some(&state.entity) {
         return Some(format!(
             "its entity is {}, the import's is {}",
@@ -2537,11 +2825,22 @@ fn reattach_mismatch(state: &ReattachState, lease: &NfcLease) -> Option<String> 
             Some(_) => {}
         }
     }
+    if let Some(d) = info.device_urls.iter().find(|d| {
+        !d.import_key.is_empty() && !state.files.iter().any(|f| f.device_id == d.import_key)
+    }) {
+        return Some(format!(
+            "it has a file ({}) the recorded state does not list: the state is not the whole \
+             import (truncated or edited)",
+            d.import_key
+        ));
+    }
     None
 }
 
-/// One file of a [`StartedImport`]: where to send it and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One file of a [`StartedImport`]: where to send it and how. `Debug`
+/// shows only the host of the URL (whoever knows it may send the file
+/// while the lease lives).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ImportUrl {
     /// The OVF `href` of the file.
@@ -2556,6 +2855,17 @@ pub struct ImportUrl {
     pub create: bool,
 }
 
+impl fmt::Debug for ImportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportUrl")
+            .field("path", &self.path)
+            .field("device_id", &self.device_id)
+            .field("url", &url_origin(&self.url))
+            .field("create", &self.create)
+            .finish()
+    }
+}
+
 /// An import whose lease is ready, for callers that send the files
 /// themselves (another HTTP client, a pipeline of their own): made by
 /// [`begin_import`]. The lease is kept alive until [`complete`],
@@ -2565,7 +2875,6 @@ pub struct ImportUrl {
 /// [`complete`]: StartedImport::complete
 /// [`abort`]: StartedImport::abort
 /// [`detach`]: StartedImport::detach
-#[derive(Debug)]
 pub struct StartedImport {
     client: Client,
     lease: Option<NfcLease>,
@@ -2576,6 +2885,21 @@ pub struct StartedImport {
     keep_on_failure: bool,
     guard: Option<DestroyGuard>,
     state: ReattachState,
+}
+
+impl fmt::Debug for StartedImport {
+    /// The lease URLs are left out (see [`ImportUrl`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartedImport")
+            .field("vm", &self.entity)
+            .field("name", &self.name)
+            .field("lease", &self.state.lease)
+            .field("live", &self.lease.is_some())
+            .field("files", &self.files)
+            .field("warnings", &self.warnings)
+            .field("keep_on_failure", &self.keep_on_failure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StartedImport {
@@ -2626,7 +2950,10 @@ impl StartedImport {
         self.state.clone()
     }
 
-    /// Completes the lease: the VM is imported.
+    /// Completes the lease: the VM is imported. A failed
+    /// `HttpNfcLeaseComplete` after which the lease is `done` (its answer
+    /// was lost, or another holder of the login session completed it)
+    /// counts as completed.
     ///
     /// # Errors
     ///
@@ -2637,8 +2964,18 @@ impl StartedImport {
             .lease
             .take()
             .ok_or_else(|| Error::other("the import lease is gone"))?;
+        let moref = lease.moref().clone();
         match lease.complete().await {
             Ok(()) => {
+                if let Some(g) = self.guard.as_mut() {
+                    g.entity = None;
+                }
+                Ok(self.entity.clone())
+            }
+            // The call went through and its answer was lost, or another
+            // holder of the session completed it: imported, not destroyed.
+            Err(e) if lease_state(&self.client, &moref).await.as_deref() == Some("done") => {
+                tracing::warn!(lease = %moref.value, error = %e, "HttpNfcLeaseComplete failed, but the lease is done: the VM is imported");
                 if let Some(g) = self.guard.as_mut() {
                     g.entity = None;
                 }
@@ -3062,8 +3399,70 @@ const UPLOAD_SLICE: usize = 128 << 10;
 /// Bytes queued between the source and the HTTP client.
 const UPLOAD_BUFFER: usize = 8 << 20;
 
+/// What the HTTP client took of an upload's body.
+#[derive(Debug, Default)]
+struct Handed {
+    /// Bytes it took.
+    bytes: AtomicU64,
+    /// Whether it read the body to its end (it does not, once it has the
+    /// `Content-Length` bytes).
+    ended: std::sync::atomic::AtomicBool,
+}
+
+/// How far one upload went, for deciding whether a 2xx answer means the
+/// whole file arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sending {
+    /// The `Content-Length`, if sent.
+    expected: Option<u64>,
+    /// Whether the source was read to its end.
+    read_to_end: bool,
+    /// Bytes read from the source and queued for the HTTP client.
+    sent: u64,
+    /// Bytes the HTTP client took.
+    handed: u64,
+    /// Whether the HTTP client read the body to its end.
+    body_ended: bool,
+}
+
+impl Sending {
+    /// Why the file did not go out whole, or `None` when it did: the
+    /// source read to its end, the announced length (if any) reached, and
+    /// every byte taken by the HTTP client (with a chunked body, its end
+    /// too).
+    fn incomplete(&self) -> Option<String> {
+        let Sending {
+            expected,
+            read_to_end,
+            sent,
+            handed,
+            body_ended,
+        } = *self;
+        let of = expected.map(|e| format!(" of {e}")).unwrap_or_default();
+        if !read_to_end {
+            return Some(format!("the request ended after {sent}{of} bytes"));
+        }
+        if let Some(e) = expected
+            && sent != e
+        {
+            return Some(format!("{sent} of the {e} bytes announced"));
+        }
+        if handed < sent {
+            return Some(format!("{handed}{of} bytes went out"));
+        }
+        if expected.is_none() && !body_ended {
+            return Some(format!(
+                "{handed} bytes went out, but not the end of the chunked body"
+            ));
+        }
+        None
+    }
+}
+
 /// Uploads one file item from `data` (exactly `file.upload_len` bytes when
-/// known, else chunked). Returns the bytes sent.
+/// known, else chunked). Returns the bytes sent. A 2xx answer counts only
+/// once the whole file went out: the source read to its end, every byte
+/// handed to the HTTP client ([`Sending::incomplete`]).
 async fn send_file(
     clients: &mut NfcClients,
     item: &FileItem,
@@ -3086,9 +3485,26 @@ async fn send_file(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(
         UPLOAD_BUFFER / UPLOAD_SLICE,
     );
-    let body = reqwest::Body::wrap_stream(stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    // What the HTTP client took of the body: bytes queued for it are not
+    // sent yet.
+    let handed = Arc::new(Handed::default());
+    let body = reqwest::Body::wrap_stream(stream::unfold(
+        (rx, Arc::clone(&handed)),
+        |(mut rx, handed)| async move {
+            match rx.recv().await {
+                Some(item) => {
+                    if let Ok(b) = &item {
+                        handed.bytes.fetch_add(b.len() as u64, Ordering::SeqCst);
+                    }
+                    Some((item, (rx, handed)))
+                }
+                None => {
+                    handed.ended.store(true, Ordering::SeqCst);
+                    None
+                }
+            }
+        },
+    ));
     let mut request = http
         .request(method.clone(), &url.url)
         .header(header::CONTENT_TYPE, content_type);
@@ -3103,6 +3519,7 @@ async fn send_file(
     let object = format!("'{}'", item.path);
     let pump = async {
         let mut sent = 0u64;
+        let mut read_to_end = false;
         let failure = loop {
             match data.next().await {
                 Some(Ok(chunk)) => {
@@ -3136,6 +3553,7 @@ async fn send_file(
                 }
                 Some(Err(e)) => break Some(e),
                 None => {
+                    read_to_end = true;
                     if let Some(e) = expected
                         && sent != e
                     {
@@ -3154,15 +3572,34 @@ async fn send_file(
                 .await;
         }
         drop(tx);
-        (sent, failure)
+        (sent, read_to_end, failure)
     };
-    let (response, (sent, failure)) = tokio::join!(request.send(), pump);
+    let (response, (sent, read_to_end, failure)) = tokio::join!(request.send(), pump);
     if let Some(e) = failure {
         return Err(e);
     }
     let response = response.map_err(|e| reqwest_error(&method, &url.url, e))?;
     let status = response.status();
     if status.is_success() {
+        // The request may have ended while the body was still going out
+        // (the server answered early and closed): a 2xx is not enough.
+        let sending = Sending {
+            expected,
+            read_to_end,
+            sent,
+            handed: handed.bytes.load(Ordering::SeqCst),
+            body_ended: handed.ended.load(Ordering::SeqCst),
+        };
+        if let Some(problem) = sending.incomplete() {
+            return Err(Error::invalid_data(
+                format!("the NFC upload of {object} to {shown_url}"),
+                format!(
+                    "the server answered HTTP {} before the whole file was sent ({problem}); \
+                     the file is not taken for uploaded",
+                    status.as_u16()
+                ),
+            ));
+        }
         tracker.finish();
         tracing::debug!(file = %item.path, bytes = sent, nfc_url = %shown_url, "uploaded");
         return Ok(sent);
@@ -3245,6 +3682,264 @@ mod tests {
              <device xsi:type=\"VirtualDisk\"><key>-1</key></device></deviceChange></configSpec>\
              <resPoolEntity type=\"ResourcePool\">resgroup-26</resPoolEntity></spec>"
         );
+    }
+
+    /// A state of two disks, the first finished, and the lease info that
+    /// matches it.
+    fn two_disk_state() -> (ReattachState, LeaseInfo) {
+        let file = |i: usize, finished: bool| ReattachFile {
+            path: format!("d{i}.vmdk"),
+            device_id: format!("/vm-7/disk-{i}"),
+            url: format!("https://esx01.example:443/nfc/52-secret-lease/disk-{i}.vmdk"),
+            create: false,
+            finished,
+            bytes: if finished { 10 } else { 0 },
+        };
+        let state = ReattachState {
+            version: ReattachState::VERSION,
+            server: "https://vc.example/sdk".to_owned(),
+            lease: MoRef::new("HttpNfcLease", "52-lease"),
+            entity: MoRef::new("VirtualMachine", "vm-7"),
+            name: "web01".to_owned(),
+            descriptor_sha256: "ab".repeat(32),
+            lease_timeout_secs: 300,
+            files: vec![file(0, true), file(1, false)],
+            completing: false,
+        };
+        let info = LeaseInfo {
+            device_urls: state
+                .files
+                .iter()
+                .map(|f| DeviceUrl {
+                    key: String::new(),
+                    import_key: f.device_id.clone(),
+                    url: f.url.clone(),
+                    target_id: None,
+                    disk: true,
+                    ssl_thumbprint: None,
+                    file_size: None,
+                })
+                .collect(),
+            total_disk_capacity_kb: 0,
+            lease_timeout_secs: 300,
+            entity: Some(state.entity.clone()),
+        };
+        (state, info)
+    }
+
+    #[test]
+    fn a_state_that_is_not_the_whole_import_is_refused() {
+        let (state, info) = two_disk_state();
+        assert_eq!(reattach_mismatch(&state, &info), None);
+        // The finished file's entry dropped from the state: the lease would
+        // be completed with a blank disk.
+        let mut truncated = state.clone();
+        truncated.files.remove(0);
+        let why = reattach_mismatch(&truncated, &info).expect("refused");
+        assert!(why.contains("/vm-7/disk-0"), "{why}");
+        // Nothing left to send at all.
+        let mut only_first = state.clone();
+        only_first.files.truncate(1);
+        assert!(reattach_mismatch(&only_first, &info).is_some());
+        // Another entity, or a URL of a file to send changed.
+        let mut other = info.clone();
+        other.entity = Some(MoRef::new("VirtualMachine", "vm-8"));
+        assert!(reattach_mismatch(&state, &other).is_some());
+        let mut moved = info.clone();
+        moved.device_urls[1].url.push_str("?x");
+        assert!(reattach_mismatch(&state, &moved).is_some());
+    }
+
+    #[test]
+    fn states_keep_their_urls_out_of_debug_and_read_old_records() {
+        let (state, _) = two_disk_state();
+        let debug = format!("{state:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("https://esx01.example:443/…"), "{debug}");
+        assert!(
+            debug.contains("web01") && debug.contains("52-lease"),
+            "{debug}"
+        );
+        let url = ImportUrl {
+            path: "d0.vmdk".into(),
+            device_id: "x".into(),
+            url: state.files[0].url.clone(),
+            create: false,
+        };
+        assert!(!format!("{url:?}").contains("secret"));
+        // A record written before `version` and `completing` existed.
+        let mut json = serde_json::to_value(&state).unwrap();
+        let o = json.as_object_mut().unwrap();
+        assert_eq!(o.remove("version"), Some(serde_json::json!(1)));
+        assert_eq!(o.remove("completing"), Some(serde_json::json!(false)));
+        let old: ReattachState = serde_json::from_value(json).unwrap();
+        assert_eq!(old, state);
+        let mut future = state.clone();
+        future.version = 2;
+        assert_eq!(
+            future.check_version().unwrap_err().kind(),
+            ErrorKind::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn a_2xx_counts_only_for_a_file_sent_whole() {
+        let whole = Sending {
+            expected: Some(100),
+            read_to_end: true,
+            sent: 100,
+            handed: 100,
+            body_ended: false,
+        };
+        assert_eq!(whole.incomplete(), None);
+        // The request ended while the body was still streaming.
+        let cut = Sending {
+            read_to_end: false,
+            sent: 40,
+            handed: 40,
+            ..whole
+        };
+        assert!(
+            cut.incomplete().unwrap().contains("after 40 of 100"),
+            "{cut:?}"
+        );
+        // Read whole, but part of it still queued when the answer came.
+        let queued = Sending {
+            handed: 60,
+            ..whole
+        };
+        assert!(queued.incomplete().unwrap().contains("60 of 100"));
+        // Fewer bytes than announced.
+        let short = Sending {
+            sent: 90,
+            handed: 90,
+            ..whole
+        };
+        assert!(short.incomplete().is_some());
+        // A converted disk sent chunked: its end must have gone out too.
+        let chunked = Sending {
+            expected: None,
+            body_ended: true,
+            ..whole
+        };
+        assert_eq!(chunked.incomplete(), None);
+        let unended = Sending {
+            body_ended: false,
+            ..chunked
+        };
+        assert!(unended.incomplete().is_some());
+        let chunked_cut = Sending {
+            read_to_end: false,
+            sent: 10,
+            handed: 10,
+            ..chunked
+        };
+        assert!(chunked_cut.incomplete().is_some());
+    }
+
+    /// Serves one request: reads its head and `body` bytes of its body,
+    /// answers `200 OK`, and closes a second later without reading more.
+    async fn answer_early(body: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/nfc/52-lease/disk-0.vmdk",
+            listener.local_addr().unwrap()
+        );
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut seen = Vec::new();
+            let head_end = loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "no request");
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let mut read = seen.len() - head_end;
+            while read < body {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                read += n;
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            sock.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            read
+        });
+        (url, task)
+    }
+
+    /// Sends `chunks` of 4 MiB to `url` as `send_file` does, with or
+    /// without a `Content-Length`.
+    async fn send_to(url: &str, chunks: usize, with_length: bool) -> Result<u64> {
+        let mut clients = NfcClients {
+            base: reqwest::Client::builder().http1_only().build().unwrap(),
+            host: "127.0.0.1".to_owned(),
+            pinned: HashMap::new(),
+        };
+        let item = FileItem {
+            device_id: "vm-1/disk-0".to_owned(),
+            path: "disk-0.vmdk".to_owned(),
+            size: None,
+            create: false,
+        };
+        let device = DeviceUrl {
+            key: String::new(),
+            import_key: item.device_id.clone(),
+            url: url.to_owned(),
+            target_id: None,
+            disk: true,
+            ssl_thumbprint: None,
+            file_size: None,
+        };
+        let len = (chunks as u64) << 22;
+        let file = PlannedFile {
+            href: item.path.clone(),
+            format: DiskFormat::VmdkStreamOptimized,
+            disk: true,
+            conversion: if with_length {
+                Conversion::AsIs
+            } else {
+                Conversion::FromRaw
+            },
+            upload_len: with_length.then_some(len),
+        };
+        let chunk = Bytes::from(vec![7u8; 4 << 20]);
+        let data = stream::iter((0..chunks).map(move |_| Ok(chunk.clone()))).boxed();
+        let totals = Totals {
+            done: Arc::default(),
+            total: len,
+            lease: LeaseProgress::default(),
+        };
+        let opts = OvaImportOptions::new(ImportTarget::default());
+        send_file(&mut clients, &item, &device, &file, data, &totals, &opts).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_early_200_does_not_finish_a_file() {
+        // 32 MiB, more than the queue and the socket buffers hold: the
+        // body is still streaming when the answer comes, and the request
+        // ends under it.
+        for with_length in [true, false] {
+            let (url, server) = answer_early(256 << 10).await;
+            let r = send_to(&url, 8, with_length).await;
+            let read = server.await.unwrap();
+            assert!(read < 32 << 20);
+            let e = r.expect_err("a file cut short was taken for uploaded");
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+            assert!(
+                e.to_string().contains("before the whole file was sent"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("disk-0.vmdk"), "{e}");
+        }
     }
 
     #[test]

@@ -30,9 +30,10 @@ use hypersdk_vsphere::Client;
 use hypersdk_vsphere::client::SessionCookie;
 use hypersdk_vsphere::import::{
     ImportObserver, ImportTarget, LeaseUnusable, Leftover, OvaImportOptions, ReattachState,
-    STREAM_VMDK, UnknownLength, begin_import, clean_up_leftover, import_ova, import_ova_reader,
-    lease_unusable, reattach_ova,
+    STREAM_VMDK, UnknownLength, begin_import, clean_up_leftover, completed_import, import_ova,
+    import_ova_reader, lease_unusable, reattach_ova,
 };
+use hypersdk_vsphere::lease::NfcLease;
 use hypersdk_vsphere::types::MoRef;
 
 fn testdata(rel: &str) -> PathBuf {
@@ -867,27 +868,21 @@ async fn a_detached_import_is_finished_in_its_lease_skipping_the_sent_disk() {
 async fn an_expired_lease_is_refused_and_left_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let (ova, disks) = two_disk_ova(dir.path(), "expired").await;
-    let sim = Vcsim::builder()
-        .lease_timeout(Duration::from_secs(1))
-        .start()
-        .await
-        .expect("start vcsim");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
     let client = connect(&sim).await;
     let state = detached_after_first_disk(&client, &ova, "expired", &disks[0].1).await;
-    // Nobody renews the lease any more: it times out.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let leases = sim.leases().await.unwrap();
-        let lease = leases
-            .iter()
-            .find(|l| l.lease == state.lease.value)
-            .unwrap();
-        if lease.timed_out {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{lease:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Nobody renews the lease any more: it times out (now, rather than
+    // after its 300 s).
+    assert_eq!(
+        sim.expire_leases(Some(&state.lease.value)).await.unwrap(),
+        1
+    );
+    let leases = sim.leases().await.unwrap();
+    let lease = leases
+        .iter()
+        .find(|l| l.lease == state.lease.value)
+        .unwrap();
+    assert!(lease.timed_out, "{lease:?}");
     let before: Vec<u64> = side_effects(&sim).await;
     let e = reattach_ova(&client, &state, &ova, &opts("expired"))
         .await
@@ -1006,4 +1001,134 @@ async fn another_login_session_cannot_reattach() {
             .unwrap()
     );
     assert_eq!(vms_named(&sim, "theirs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_missing_a_file_of_the_lease_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, disks) = two_disk_ova(dir.path(), "cut").await;
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let client = connect(&sim).await;
+    let mut state = detached_after_first_disk(&client, &ova, "cut", &disks[0].1).await;
+    // A truncated (or edited) record: only the finished first disk is
+    // left, so nothing would be sent and the second disk would stay blank.
+    state.files.truncate(1);
+    assert_eq!(state.remaining().count(), 0);
+    let before = side_effects(&sim).await;
+    let e = reattach_ova(&client, &state, &ova, &opts("cut"))
+        .await
+        .unwrap_err();
+    match lease_unusable(&e) {
+        Some(LeaseUnusable::Mismatch { detail }) => {
+            assert!(detail.contains("does not list"), "{e}")
+        }
+        other => panic!("{other:?}: {e}"),
+    }
+    // Not completed, aborted or destroyed: the lease is left as it was.
+    assert_eq!(side_effects(&sim).await, before);
+    let leases = sim.leases().await.unwrap();
+    let lease = leases
+        .iter()
+        .find(|l| l.lease == state.lease.value)
+        .unwrap();
+    assert_eq!(lease.state, "ready");
+    assert_eq!(vms_named(&sim, "cut").await, 1);
+    client.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_completed_before_it_was_recorded_is_taken_for_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, disks) = two_disk_ova(dir.path(), "completed").await;
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let client = connect(&sim).await;
+    let mut state = detached_after_first_disk(&client, &ova, "completed", &disks[0].1).await;
+    // The killed run had sent the second disk too and recorded that it
+    // was completing the lease.
+    let second = &state.files[1];
+    let resp = client
+        .transfer_http()
+        .post(&second.url)
+        .header("Content-Type", STREAM_VMDK)
+        .body(disks[1].1.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let path = second.path.clone();
+    state.mark_finished(&path, disks[1].1.len() as u64).unwrap();
+    state.completing = true;
+    // While the lease is still ready nothing was completed: not done.
+    assert!(completed_import(&client, &state).await.unwrap().is_none());
+    // The server completes the lease; the process dies before it hears so.
+    let lease = NfcLease::reattach(&client, state.lease.clone(), 100)
+        .await
+        .unwrap();
+    lease.complete().await.unwrap();
+    let before = side_effects(&sim).await;
+
+    let seen = Arc::new(Seen::default());
+    let report = reattach_ova(
+        &client,
+        &state,
+        &ova,
+        &opts("completed").with_observer(seen.clone()),
+    )
+    .await
+    .expect("taken for done");
+    assert!(report.completed_earlier);
+    assert_eq!(report.vm, state.entity);
+    assert!(report.files.is_empty());
+    assert_eq!(report.skipped.len(), 2);
+    assert_eq!(*seen.events.lock().unwrap(), ["finished".to_owned()]);
+    // Nothing was sent, aborted or destroyed: the VM stays.
+    assert_eq!(side_effects(&sim).await, before);
+    assert_eq!(vms_named(&sim, "completed").await, 1);
+
+    // From another login session (the killed run's is gone) too.
+    let other = connect(&sim).await;
+    let found = completed_import(&other, &state).await.unwrap().unwrap();
+    assert_eq!(found.vm, state.entity);
+    // Without the mark the gone lease is just unusable (and its VM would
+    // be cleaned up by the caller).
+    state.completing = false;
+    assert!(completed_import(&other, &state).await.unwrap().is_none());
+    let e = reattach_ova(&client, &state, &ova, &opts("completed"))
+        .await
+        .unwrap_err();
+    assert!(lease_unusable(&e).is_some(), "{e}");
+    // A VM renamed since is not taken for the import.
+    state.completing = true;
+    state.name = "another".into();
+    assert!(completed_import(&other, &state).await.unwrap().is_none());
+    assert_eq!(side_effects(&sim).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_session_of_another_user_is_not_reused() {
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let first = connect(&sim).await;
+    let cookie = first.leave_session().unwrap();
+    // The same user takes the session over.
+    let same = Client::builder(sim.url().as_str())
+        .credentials(&sim.username().to_uppercase(), sim.password())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(cookie.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert!(same.session_reused());
+    same.leave_session();
+    // Another user does not: it logs in as itself (and here, with no such
+    // user, is refused).
+    let logins = calls(&sim, "Login").await;
+    let e = Client::builder(sim.url().as_str())
+        .credentials("someone-else@vsphere.local", sim.password())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(cookie)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+    assert_eq!(calls(&sim, "Login").await, logins + 1);
 }

@@ -49,8 +49,19 @@
 //! uploaded whole, and the cookie of the vSphere login session (as govc
 //! keeps it with `GOVC_PERSIST_SESSION`). While the import runs that file
 //! lets whoever can read it act as the logged-in user, until the login
-//! session ends; the cookie is removed from it once the import completes
-//! or its VM is removed.
+//! session ends. Every run that ends (success, failure, Ctrl-C) logs its
+//! login session out and removes the cookie from the file, but one: when
+//! `resume` could not continue the earlier lease for a reason that leaves
+//! the lease as it was (the OVA unreadable, the network down), the cookie
+//! and the lease's state stay, for a later `resume` within the lease's
+//! timeout.
+//!
+//! A run holds its session's lock (`hypersdk_core::checkpoint::SessionLock`,
+//! a `<id>.lock` file next to it) until it ends: a `resume` of a session
+//! another process is still running (or has stopped) fails at once saying
+//! it is in use, the default `resume` skips such sessions, and
+//! `clean-sessions` keeps them. So two processes never drive one import,
+//! and neither removes the other's VM.
 //!
 //! A lease belongs to the login session that created it, and vSphere
 //! deletes the lease's files (and the VM) when the lease is aborted or
@@ -64,34 +75,42 @@
 //! lives (5 minutes after the kill on vSphere) and the login session too
 //! (vCenter's default idle timeout is 30 minutes). Otherwise (the session
 //! or lease gone, the lease timed out or changed, the continued upload
-//! failed) it says so, removes what the killed run left (waiting while
-//! vSphere still holds the VM locked) and imports again from the first
-//! file. (vcsim keeps such VMs; the cleanup is what makes the new import
-//! possible there too.) Within one run, a network failure restarts the
+//! failed and ended the lease) it says so, removes what the killed run left
+//! (waiting while vSphere still holds the VM locked) and imports again from
+//! the first file. (vcsim keeps such VMs; the cleanup is what makes the new
+//! import possible there too.) Any other failure before the lease is
+//! touched ends the run with the error and keeps the lease for the next
+//! `resume`. A run killed while it completed the lease (the server done,
+//! the session file not yet told) is recognised: the VM is kept and the
+//! session marked complete. Within one run, a network failure restarts the
 //! import, `--max-retries` times or forever.
 //!
 //! `clean-sessions` logs out the login session a removed session still
 //! holds (best effort: a server out of reach ends it at its idle timeout);
-//! nobody can continue its lease once the file is gone.
+//! nobody can continue its lease once the file is gone. It keeps, saying
+//! so, the sessions a running `upload` or `resume` holds.
 //!
 //! Exit status: 0 success, 1 failure, 2 bad usage.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use hypersdk_core::Error;
-use hypersdk_core::checkpoint::{CheckpointStore, ItemState, TransferItem, TransferSession};
+use hypersdk_core::checkpoint::{
+    CheckpointStore, ItemState, SessionLock, TransferItem, TransferSession,
+};
 use hypersdk_core::progress::{Outcome, Progress};
 use hypersdk_core::retry::Backoff;
+use hypersdk_core::{Error, ErrorKind};
 use hypersdk_examples::bar::BarSink;
 use hypersdk_ova::archive::OvaIndex;
 use hypersdk_vsphere::client::SessionCookie;
 use hypersdk_vsphere::import::{
     DiskProvisioning, ImportObserver, ImportReport, ImportTarget, Leftover, OvaImportOptions,
-    ReattachState, clean_up_leftover, import_ova, lease_unusable, reattach_ova,
+    ReattachState, clean_up_leftover, completed_import, import_ova, lease_unusable, reattach_ova,
 };
 use hypersdk_vsphere::types::MoRef;
 use hypersdk_vsphere::{Client, ClientBuilder};
@@ -424,12 +443,21 @@ const REATTACH: &str = "reattach";
 /// session lives).
 const LOGIN_SESSION: &str = "vsphere_session";
 
+/// The import state a session records, if any (and readable).
+fn state_of(session: &TransferSession) -> Option<ReattachState> {
+    serde_json::from_value(session.metadata.get(REATTACH)?.clone()).ok()
+}
+
+/// The login session's cookie a session records, if any (and valid).
+fn cookie_of(session: &TransferSession) -> Option<SessionCookie> {
+    SessionCookie::new(session.metadata.get(LOGIN_SESSION)?.as_str()?).ok()
+}
+
 /// What a session records to continue its import within its lease: the
 /// state and the login session's cookie, when both are there and valid.
+#[cfg(test)]
 fn reattach_of(session: &TransferSession) -> Option<(ReattachState, SessionCookie)> {
-    let state = serde_json::from_value(session.metadata.get(REATTACH)?.clone()).ok()?;
-    let cookie = SessionCookie::new(session.metadata.get(LOGIN_SESSION)?.as_str()?).ok()?;
-    Some((state, cookie))
+    Some((state_of(session)?, cookie_of(session)?))
 }
 
 /// Forgets the VM, lease and login session a session recorded.
@@ -437,6 +465,17 @@ fn forget_leftover(s: &mut TransferSession) {
     s.metadata.remove("leftover");
     s.metadata.remove(REATTACH);
     s.metadata.remove(LOGIN_SESSION);
+}
+
+/// Forgets the login session (logged out, or about to be): its cookie,
+/// and the import state that only it could continue, unless that state
+/// says the lease was being completed (what a later `resume` needs to
+/// tell a completed import from a leftover, whatever the session).
+fn forget_login(s: &mut TransferSession) {
+    s.metadata.remove(LOGIN_SESSION);
+    if !state_of(s).is_some_and(|st| st.completing) {
+        s.metadata.remove(REATTACH);
+    }
 }
 
 /// Keeps the session file up to date as the import goes.
@@ -682,26 +721,62 @@ async fn upload(out: &Out, store: &CheckpointStore, u: Upload) -> std::result::R
             .add_item(TransferItem::new(r.href.clone(), size))
             .map_err(Failure::from)?;
     }
+    // Held until this run ends: no `resume` or `clean-sessions` can take
+    // the session meanwhile.
+    let _lock = store.lock(&session.id)?;
     store.save(&mut session)?;
     out.info(&format!("session {}", session.id));
     run_job(out, store, session, job, &u.conn.common).await
 }
 
-async fn resume(out: &Out, store: &CheckpointStore, r: Resume) -> std::result::Result<(), Failure> {
-    let session = match &r.session_id {
-        Some(id) => store.load(id)?,
-        None => {
-            let mut open: Vec<TransferSession> = store
-                .list()?
-                .into_iter()
-                .filter_map(|e| e.session.ok())
-                .filter(|s| s.kind == KIND && !is_done(s))
-                .collect();
-            open.sort_by_key(|s| s.updated_at);
-            open.pop()
-                .ok_or_else(|| usage("no session to resume (see list-sessions)"))?
+/// The session `resume` continues, locked: the one named, or the most
+/// recent incomplete one that no other process is driving.
+fn session_to_resume(
+    out: &Out,
+    store: &CheckpointStore,
+    id: Option<&str>,
+) -> std::result::Result<(TransferSession, SessionLock), Failure> {
+    if let Some(id) = id {
+        // Locked first, then read: what the previous holder last saved.
+        let lock = store.lock(id)?;
+        return Ok((store.load(id)?, lock));
+    }
+    let mut open: Vec<TransferSession> = store
+        .list()?
+        .into_iter()
+        .filter_map(|e| e.session.ok())
+        .filter(|s| s.kind == KIND && !is_done(s))
+        .collect();
+    open.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+    let mut busy = None;
+    for s in open {
+        match store.lock(&s.id) {
+            Ok(lock) => {
+                let fresh = store.load(&s.id)?;
+                if is_done(&fresh) {
+                    continue;
+                }
+                return Ok((fresh, lock));
+            }
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                out.info(&format!(
+                    "session {} is in use by another process: not resuming it",
+                    s.id
+                ));
+                busy.get_or_insert(e);
+            }
+            Err(e) => return Err(e.into()),
         }
-    };
+    }
+    Err(match busy {
+        Some(e) => e.into(),
+        None => usage("no session to resume (see list-sessions)"),
+    })
+}
+
+async fn resume(out: &Out, store: &CheckpointStore, r: Resume) -> std::result::Result<(), Failure> {
+    // Held until this run ends.
+    let (session, _lock) = session_to_resume(out, store, r.session_id.as_deref())?;
     if session.kind != KIND {
         return Err(usage(format!(
             "session {} is not an ova-upload session",
@@ -736,7 +811,14 @@ fn is_done(s: &TransferSession) -> bool {
 
 /// Connects; continues the import an earlier run left within its lease
 /// when it can, else removes what that run left and imports; records the
-/// end.
+/// end. The caller holds the session's lock.
+///
+/// Every exit logs the login session out and removes its cookie from the
+/// session file (the process exits right after, so a dropped client's
+/// background logout would never run), except one: when continuing the
+/// earlier lease failed before anything was touched (the OVA unreadable,
+/// the network down), the lease and the login session are handed to a
+/// later `resume`, which can still continue within the lease's timeout.
 async fn run_job(
     out: &Out,
     store: &CheckpointStore,
@@ -746,9 +828,13 @@ async fn run_job(
 ) -> std::result::Result<(), Failure> {
     let started = Instant::now();
     let backoff = backoff(common)?;
+    let provisioning: DiskProvisioning = job
+        .disk_provisioning
+        .parse()
+        .map_err(|e: Error| usage(e.to_string()))?;
     let leftover = leftover_of(&session);
-    let reattach = leftover.as_ref().and_then(|_| reattach_of(&session));
-    let saved = reattach.as_ref().map(|(_, cookie)| cookie.clone());
+    let state = leftover.as_ref().and_then(|_| state_of(&session));
+    let saved = state.as_ref().and_then(|_| cookie_of(&session));
     let client = connect(out, &job, common, saved).await?;
     let out = Arc::new(Out {
         bars: Arc::clone(&out.bars),
@@ -762,10 +848,6 @@ async fn run_job(
         client: client.clone(),
     });
     let source = PathBuf::from(&recorder.snapshot().source);
-    let provisioning: DiskProvisioning = job
-        .disk_provisioning
-        .parse()
-        .map_err(|e: Error| usage(e.to_string()))?;
     let progress = Progress::new(Arc::clone(&out.bars));
     let mut opts = OvaImportOptions::new(ImportTarget::datastore(job.datastore.clone()))
         .with_default_network(job.network.clone())
@@ -777,11 +859,36 @@ async fn run_job(
     if let Some(n) = &job.vm_name {
         opts = opts.with_name(n.clone());
     }
+    // Set when the earlier lease is handed on to a later `resume`.
+    let handover = AtomicBool::new(false);
     let work = async {
         if let Some(leftover) = &leftover {
-            let continued = match &reattach {
-                Some((state, _)) if client.session_reused() => {
-                    continue_in_lease(&out, &client, state, &source, &opts).await
+            let continued = match &state {
+                Some(state) if client.session_reused() => {
+                    match continue_in_lease(&out, &client, &recorder, state, &source, &opts).await {
+                        Ok(report) => report,
+                        Err(e) => {
+                            handover.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                }
+                Some(state) if state.completing => {
+                    // The run was killed while it completed the lease: the
+                    // VM may be imported already, whatever the session.
+                    match completed_import(&client, state).await? {
+                        Some(report) => {
+                            recorder.finished(&report.vm);
+                            Some(report)
+                        }
+                        None => {
+                            out.info(
+                                "the earlier run's login session is gone (expired or logged \
+                                 out), and its lease with it: falling back to a full re-import",
+                            );
+                            None
+                        }
+                    }
                 }
                 Some(_) => {
                     out.info(
@@ -799,8 +906,13 @@ async fn run_job(
                 }
             };
             if let Some(report) = continued {
+                let how = if report.completed_earlier {
+                    "completed_earlier"
+                } else {
+                    "reattached"
+                };
                 recorder.update(|s| {
-                    s.metadata.insert("last_resume".into(), json!("reattached"));
+                    s.metadata.insert("last_resume".into(), json!(how));
                 });
                 return Ok(report);
             }
@@ -829,14 +941,10 @@ async fn run_job(
         _ = tokio::signal::ctrl_c() => {
             progress.finish(Outcome::failed("interrupted"));
             out.info("interrupted: aborting the lease and removing the half-imported VM");
-            // The lease goes, and this process's login session with it:
-            // nothing to continue.
-            recorder.update(|s| {
-                s.metadata.remove(REATTACH);
-                s.metadata.remove(LOGIN_SESSION);
-            });
             // The import's drop guards abort and destroy in the background.
             tokio::time::sleep(Duration::from_secs(3)).await;
+            // The lease is gone: nothing to continue, no session to keep.
+            log_out(&out, &client, &recorder).await;
             return Err(Failure { code: 130, message: format!("interrupted; `ova-upload resume --session-id {}` starts it again", recorder.snapshot().id) });
         }
     };
@@ -849,9 +957,22 @@ async fn run_job(
                 s.metadata.insert("last_error".into(), json!(e.to_string()));
             });
             let mut f = Failure::from(e);
-            f.message.push_str(&format!(
-                " (session {id}: `ova-upload resume --session-id {id}` tries again)"
-            ));
+            if handover.load(Ordering::Relaxed) {
+                // Not logged out: the lease lives only in this login
+                // session, which the saved cookie lets `resume` continue.
+                client.leave_session();
+                let timeout = state.as_ref().map_or(300, |s| s.lease_timeout_secs);
+                f.message.push_str(&format!(
+                    " (session {id}: the earlier run's lease is left as it was; `ova-upload \
+                     resume --session-id {id}` continues it while it lives, {timeout} s from its \
+                     last renewal)"
+                ));
+            } else {
+                log_out(&out, &client, &recorder).await;
+                f.message.push_str(&format!(
+                    " (session {id}: `ova-upload resume --session-id {id}` tries again)"
+                ));
+            }
             return Err(f);
         }
     };
@@ -865,6 +986,15 @@ async fn run_job(
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     for w in &report.warnings {
         out.detail(&format!("vSphere warning: {w}"));
+    }
+    if report.completed_earlier {
+        out.info(&format!(
+            "the earlier run had completed the import of '{}' as {} already (it was killed \
+             before it could record so): nothing to send",
+            report.name, report.vm.value
+        ));
+        log_out(&out, &client, &recorder).await;
+        return Ok(());
     }
     if !report.skipped.is_empty() {
         out.info(&format!(
@@ -883,21 +1013,36 @@ async fn run_job(
         report.attempts,
         if report.attempts == 1 { "" } else { "s" }
     ));
-    if let Err(e) = client.logout().await {
-        out.detail(&format!("logout failed: {e}"));
-    }
+    log_out(&out, &client, &recorder).await;
     Ok(())
 }
 
-/// Continues the earlier run's import within its lease; `None` (with the
-/// reason said) when that cannot be done and a full re-import is needed.
+/// Removes the login session's cookie from the session file, then logs
+/// the session out (best effort).
+async fn log_out(out: &Out, client: &Client, recorder: &Recorder) {
+    let recorded = recorder.snapshot().metadata;
+    if recorded.contains_key(LOGIN_SESSION) || recorded.contains_key(REATTACH) {
+        recorder.update(forget_login);
+    }
+    if let Err(e) = client.logout().await {
+        out.detail(&format!("logout failed: {e}"));
+    }
+}
+
+/// Continues the earlier run's import within its lease. `Ok(None)` (with
+/// the reason said) when that cannot be done and a full re-import is
+/// needed: the lease is unusable, or continuing it failed and ended it
+/// (aborted, its VM removed). Any other failure came before the lease was
+/// touched (the OVA unreadable, the network down): it is returned, and the
+/// lease can still be continued later.
 async fn continue_in_lease(
     out: &Out,
     client: &Client,
+    recorder: &Recorder,
     state: &ReattachState,
     source: &std::path::Path,
     opts: &OvaImportOptions,
-) -> Option<ImportReport> {
+) -> std::result::Result<Option<ImportReport>, Error> {
     let done: Vec<&str> = state
         .files
         .iter()
@@ -921,21 +1066,25 @@ async fn continue_in_lease(
             left.join(", ")
         }
     ));
-    match reattach_ova(client, state, source, opts).await {
-        Ok(report) => Some(report),
-        Err(e) => {
-            let why = if lease_unusable(&e).is_some() {
-                "the lease cannot be continued"
-            } else {
-                "continuing the lease failed"
-            };
-            out.info(&format!(
-                "{why} ({}); falling back to a full re-import",
-                Failure::from(e).message
-            ));
-            None
-        }
-    }
+    let e = match reattach_ova(client, state, source, opts).await {
+        Ok(report) => return Ok(Some(report)),
+        Err(e) => e,
+    };
+    let recorded = recorder.snapshot().metadata;
+    let why = if lease_unusable(&e).is_some() {
+        "the lease cannot be continued"
+    } else if !recorded.contains_key(REATTACH) && !recorded.contains_key("vm") {
+        // The observer heard the lease end with its VM removed
+        // (`cleaned_up`), not completed by someone else (`finished`).
+        "continuing the lease failed and ended it"
+    } else {
+        return Err(e);
+    };
+    out.info(&format!(
+        "{why} ({}); falling back to a full re-import",
+        Failure::from(e).message
+    ));
+    Ok(None)
 }
 
 fn list_sessions(store: &CheckpointStore) -> std::result::Result<(), Failure> {
@@ -1036,34 +1185,43 @@ async fn clean_sessions(
     store: &CheckpointStore,
     c: Clean,
 ) -> std::result::Result<(), Failure> {
+    let age = c.older_than.as_deref().map(parse_duration).transpose()?;
+    let now = std::time::SystemTime::now();
     let mut removed = Vec::new();
-    if let Some(age) = &c.older_than {
-        let age = parse_duration(age)?;
-        let now = std::time::SystemTime::now();
-        for e in store.list()? {
-            if let Ok(s) = e.session
-                && s.kind == KIND
-                && now
-                    .duration_since(s.updated_at.into())
-                    .is_ok_and(|since| since > age)
-            {
-                log_out_saved(out, &s).await;
-            }
-        }
-        let report = store.clean_older_than(age)?;
-        removed.extend(report.removed);
-        for (id, e) in report.skipped {
-            out.info(&format!("kept {id}: {e}"));
-        }
-    } else {
-        for e in store.list()? {
-            let Ok(s) = e.session else {
-                out.info(&format!("kept {} (unreadable; remove it by hand)", e.id));
-                continue;
-            };
-            if s.kind != KIND || !(c.all || is_done(&s)) {
+    for e in store.list()? {
+        let s = match e.session {
+            Ok(s) => s,
+            Err(err) => {
+                out.info(&format!(
+                    "kept {} (unreadable: {err}; remove it by hand)",
+                    e.id
+                ));
                 continue;
             }
+        };
+        let wanted = match age {
+            Some(age) => now
+                .duration_since(s.updated_at.into())
+                .is_ok_and(|since| since > age),
+            None => s.kind == KIND && (c.all || is_done(&s)),
+        };
+        if !wanted {
+            continue;
+        }
+        // A run (`upload`, `resume`) holds its session's lock until it
+        // ends: its session, login session and VM are not ours to touch.
+        let lock = match store.lock(&s.id) {
+            Ok(l) => l,
+            Err(err) if err.kind() == ErrorKind::Conflict => {
+                out.info(&format!(
+                    "kept {}: it is in use by another process (an upload or resume still runs)",
+                    s.id
+                ));
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if s.kind == KIND {
             if s.metadata.contains_key("leftover") {
                 out.info(&format!(
                     "note: session {} recorded a half-imported VM on the server; it stays there",
@@ -1071,8 +1229,11 @@ async fn clean_sessions(
                 ));
             }
             log_out_saved(out, &s).await;
-            store.remove(&s.id)?;
-            removed.push(s.id);
+        }
+        match lock.remove_session() {
+            Ok(()) => removed.push(s.id),
+            Err(err) if err.is_not_found() => {}
+            Err(err) => out.info(&format!("kept {}: {err}", s.id)),
         }
     }
     out.info(&format!("removed {} session(s)", removed.len()));

@@ -29,6 +29,54 @@ use super::{Cli, LOGIN_SESSION, REATTACH, dispatch, leftover_of, reattach_of, ru
 
 const CHILD_ENV: &str = "OVA_UPLOAD_CHILD_ARGS";
 
+/// A child process that is killed (SIGKILL) and waited for when dropped:
+/// a failed assertion never leaves it running.
+struct Child(std::process::Child);
+
+impl Child {
+    /// Runs `ova-upload` with `args` in a child process (this test binary
+    /// again, see [`child_process_entry`]), with `password` in the
+    /// environment.
+    fn spawn(args: &[&str], password: &str) -> Child {
+        let args = serde_json::to_string(args).unwrap();
+        Child(
+            Process::new(std::env::current_exe().unwrap())
+                .args([
+                    "tests::child_process_entry",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, args)
+                .env("OVA_UPLOAD_PASSWORD", password)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Waits for the child to exit, for at most `limit`.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn cli(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("ova-upload").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
@@ -182,7 +230,8 @@ async fn uploads_of(sim: &Vcsim, vm_name: &str) -> Vec<UploadedFile> {
 /// kills it (SIGKILL) once its first disk was uploaded whole: the harness
 /// holds the second disk's upload after 64 KiB (and drops it, never
 /// completing it, 2 minutes later), so the kill lands while that one is
-/// in flight. Returns the session the child left.
+/// in flight. Meanwhile `resume` and `clean-sessions` find the session in
+/// use. Returns the session the child left.
 async fn kill_after_first_disk(
     sim: &Vcsim,
     ova: &Path,
@@ -198,39 +247,33 @@ async fn kill_after_first_disk(
     .await
     .unwrap();
     let thumb = sim.thumbprint_sha1().expect("TLS").to_owned();
-    let args = serde_json::to_string(&[
-        "upload",
-        ova.to_str().unwrap(),
-        &sim.host_port(),
-        "--datastore",
-        "LocalDS_0",
-        "--vm-name",
-        vm_name,
-        "--username",
-        sim.username(),
-        "--thumbprint",
-        &thumb,
-        "--session-dir",
-        sessions.to_str().unwrap(),
-        "--quiet",
-    ])
-    .unwrap();
-    let mut child = Process::new(std::env::current_exe().unwrap())
-        .args([
-            "tests::child_process_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, args)
-        .env("OVA_UPLOAD_PASSWORD", sim.password())
-        .spawn()
-        .unwrap();
+    let host = sim.host_port();
+    let mut child = Child::spawn(
+        &[
+            "upload",
+            ova.to_str().unwrap(),
+            &host,
+            "--datastore",
+            "LocalDS_0",
+            "--vm-name",
+            vm_name,
+            "--username",
+            sim.username(),
+            "--thumbprint",
+            &thumb,
+            "--max-retries",
+            "1",
+            "--session-dir",
+            sessions.to_str().unwrap(),
+            "--quiet",
+        ],
+        sim.password(),
+    );
     let store = CheckpointStore::open(sessions).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "the upload made no progress");
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             panic!("the upload exited before it was killed: {status}");
         }
         let first_done = store
@@ -245,11 +288,56 @@ async fn kill_after_first_disk(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // While the upload runs its session is its own: another process can
+    // neither resume it nor clean it away (nor touch its VM).
+    let id = store.list().unwrap()[0].id.clone();
+    let busy = dispatch(cli(&[
+        "resume",
+        "--session-id",
+        id.as_str(),
+        "--session-dir",
+        sessions.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap_err();
+    assert_eq!(busy.code, 1, "{}", busy.message);
+    assert!(
+        busy.message.contains("in use by another process"),
+        "{}",
+        busy.message
+    );
+    let busy = dispatch(cli(&[
+        "resume",
+        "--session-dir",
+        sessions.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap_err();
+    assert!(
+        busy.message.contains("in use by another process"),
+        "{}",
+        busy.message
+    );
+    assert_eq!(
+        run(cli(&[
+            "clean-sessions",
+            "--all",
+            "--session-dir",
+            sessions.to_str().unwrap(),
+            "--quiet"
+        ]))
+        .await,
+        0
+    );
+    assert_eq!(
+        store.list().unwrap().len(),
+        1,
+        "a running session was cleaned"
+    );
     // Mostly the second upload is held by now (a kill before it started
     // is a case of interest too).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    drop(child); // SIGKILL, waited for
     // When the kill came before the second upload reached the server, the
     // hold is still armed: it must not catch the resumed upload.
     sim.clear_faults().await.unwrap();
@@ -581,4 +669,205 @@ async fn clean_sessions_logs_out_the_saved_login_session() {
     // replaces it).
     let e = reconnect().await.unwrap_err();
     assert_eq!(e.kind(), hypersdk_core::ErrorKind::Unauthenticated, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_cannot_read_the_ova_keeps_the_lease_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, shas) = two_disk_ova(dir.path()).await;
+    let sessions = dir.path().join("sessions");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let session = kill_after_first_disk(&sim, &ova, &sessions, "kept").await;
+    let leftover = leftover_of(&session).unwrap();
+    let store = CheckpointStore::open(&sessions).unwrap();
+    let password = sim.password().to_owned();
+    let resume = || {
+        cli(&[
+            "resume",
+            "--session-id",
+            session.id.as_str(),
+            "--session-dir",
+            sessions.to_str().unwrap(),
+            "--password",
+            &password,
+            "--max-retries",
+            "1",
+            "--quiet",
+        ])
+    };
+
+    // The OVA is out of reach: nothing can be sent, but the lease is fine.
+    let away = dir.path().join("away.ova");
+    std::fs::rename(&ova, &away).unwrap();
+    let e = dispatch(resume()).await.unwrap_err();
+    assert_eq!(e.code, 1, "{}", e.message);
+    assert!(
+        e.message.contains("continues it while it lives"),
+        "{}",
+        e.message
+    );
+    // Nothing was aborted, destroyed or imported anew, and the lease and
+    // login session are still recorded (not logged out) for the next try.
+    for m in ["HttpNfcLeaseAbort", "Destroy_Task", "Logout"] {
+        assert_eq!(calls(&sim, m).await, 0, "{m}");
+    }
+    assert_eq!(calls(&sim, "ImportVApp").await, 1);
+    let leases = sim.leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].state, "ready");
+    let kept = store.load(&session.id).unwrap();
+    assert!(reattach_of(&kept).is_some(), "{kept:?}");
+    assert!(kept.metadata.contains_key("last_error"));
+
+    // Back in place: the next resume continues within the same lease.
+    std::fs::rename(&away, &ova).unwrap();
+    assert_eq!(run(resume()).await, 0);
+    let inv = sim.inventory().await.unwrap();
+    let vms: Vec<_> = inv.vms.iter().filter(|v| v.entity.name == "kept").collect();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].entity.moref, leftover.entity.value, "the same VM");
+    let ups = uploads_of(&sim, "kept").await;
+    assert_eq!(ups.iter().filter(|u| u.name == "disk-0.vmdk").count(), 1);
+    let last = ups
+        .iter()
+        .rev()
+        .find(|u| u.name == "disk-1.vmdk" && u.complete)
+        .unwrap();
+    assert_eq!(last.sha256, shas[1]);
+    let done = store.load(&session.id).unwrap();
+    assert!(super::is_done(&done));
+    assert_eq!(done.metadata["last_resume"].as_str(), Some("reattached"));
+    assert!(!done.metadata.contains_key(LOGIN_SESSION));
+    // Logged out at the end.
+    assert_eq!(calls(&sim, "Logout").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_while_completing_keeps_its_vm() {
+    use hypersdk_vsphere::Client;
+    use hypersdk_vsphere::import::{ImportTarget, OvaImportOptions, reattach_ova};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ova, _) = two_disk_ova(dir.path()).await;
+    let sessions = dir.path().join("sessions");
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+    let session = kill_after_first_disk(&sim, &ova, &sessions, "completing").await;
+    let leftover = leftover_of(&session).unwrap();
+    let (mut state, cookie) = reattach_of(&session).unwrap();
+
+    // What the killed run would have gone on to do: send the second disk
+    // and complete the lease, having recorded that it was completing, and
+    // be killed before it recorded the end.
+    let client = Client::builder(&sim.host_port())
+        .pin_thumbprint(sim.thumbprint_sha256().unwrap())
+        .session_cookie(cookie)
+        .connect()
+        .await
+        .unwrap();
+    assert!(client.session_reused());
+    let opts = OvaImportOptions::new(ImportTarget::datastore("LocalDS_0"));
+    let report = reattach_ova(&client, &state, &ova, &opts).await.unwrap();
+    assert_eq!(report.vm, leftover.entity);
+    for f in &mut state.files {
+        f.finished = true;
+    }
+    state.completing = true;
+    let store = CheckpointStore::open(&sessions).unwrap();
+    let mut recorded = store.load(&session.id).unwrap();
+    recorded
+        .metadata
+        .insert(REATTACH.into(), serde_json::to_value(&state).unwrap());
+    store.save(&mut recorded).unwrap();
+    // And its login session ended since.
+    client.leave_session();
+    assert!(sim.expire_sessions().await.unwrap() >= 1);
+    let before = (
+        calls(&sim, "Destroy_Task").await,
+        calls(&sim, "ImportVApp").await,
+        sim.uploaded_files().await.unwrap().len(),
+    );
+
+    let code = run(cli(&[
+        "resume",
+        "--session-dir",
+        sessions.to_str().unwrap(),
+        "--password",
+        sim.password(),
+        "--quiet",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    // The VM the killed run completed is kept, nothing imported again.
+    let after = (
+        calls(&sim, "Destroy_Task").await,
+        calls(&sim, "ImportVApp").await,
+        sim.uploaded_files().await.unwrap().len(),
+    );
+    assert_eq!(after, before);
+    let inv = sim.inventory().await.unwrap();
+    assert_eq!(
+        inv.vm("completing").unwrap().entity.moref,
+        leftover.entity.value
+    );
+    let done = store.load(&session.id).unwrap();
+    assert!(super::is_done(&done), "{done:?}");
+    assert_eq!(
+        done.metadata["last_resume"].as_str(),
+        Some("completed_earlier")
+    );
+    assert_eq!(
+        done.metadata["vm"].as_str(),
+        Some(leftover.entity.value.as_str())
+    );
+    assert!(leftover_of(&done).is_none());
+    assert!(!done.metadata.contains_key(REATTACH));
+    assert!(!done.metadata.contains_key(LOGIN_SESSION));
+}
+
+#[test]
+fn a_failed_upload_logs_its_session_out_before_the_process_exits() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions");
+    let sim = rt.block_on(Vcsim::builder().start()).expect("start vcsim");
+    let ova = testdata("ova/govmomi-ttylinux-pc_i486-16.1.ova");
+    let thumb = sim.thumbprint_sha256().unwrap().to_owned();
+    let host = sim.host_port();
+    // The program exits through std::process::exit, so a logout left to
+    // the client's drop would never be sent.
+    let mut child = Child::spawn(
+        &[
+            "upload",
+            ova.to_str().unwrap(),
+            &host,
+            "--datastore",
+            "NoSuchDatastore",
+            "--username",
+            sim.username(),
+            "--thumbprint",
+            &thumb,
+            "--max-retries",
+            "1",
+            "--session-dir",
+            sessions.to_str().unwrap(),
+            "--quiet",
+        ],
+        sim.password(),
+    );
+    let status = child.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    rt.block_on(async {
+        assert_eq!(calls(&sim, "Login").await, 1);
+        assert_eq!(calls(&sim, "Logout").await, 1, "the session was left open");
+    });
+    let store = CheckpointStore::open(&sessions).unwrap();
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    let s = listed[0].session.as_ref().unwrap();
+    assert!(!s.metadata.contains_key(LOGIN_SESSION));
+    assert!(s.metadata.contains_key("last_error"));
 }
