@@ -31,6 +31,10 @@
 //!   the images it has not touched yet as a fresh one does. A disk that
 //!   shrank is refused before any image is touched, and the refused
 //!   incremental is undone (its snapshot deleted, the state as before).
+//! - One backup at a time per directory: each takes the directory's lock
+//!   (a [`SessionLock`] of the checkpoint store, released when it ends or
+//!   its process dies); a second one fails at once with
+//!   [`Error::Conflict`].
 //! - [`OvmBackup::write_ova`] packs the images as streamOptimized VMDKs in
 //!   an OVA; [`OvmBackup::write_manifest`] writes an Artifact Manifest of
 //!   the raw images.
@@ -70,7 +74,7 @@ use hypersdk_core::blocks::{
     BlockSource, Checkpointing, CopyOptions, CopyReport, DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM,
     SparseFile, copy_extents, copy_to_file,
 };
-use hypersdk_core::checkpoint::{CheckpointStore, SessionId, TransferSession};
+use hypersdk_core::checkpoint::{CheckpointStore, SessionId, SessionLock, TransferSession};
 use hypersdk_core::digest::{Algorithm, Checksum, hash_file};
 use hypersdk_core::model::ExtentList;
 use hypersdk_core::progress::{Outcome, Phase, Progress, ProgressEvent};
@@ -413,7 +417,10 @@ impl OvmBackup {
     /// pending backup and the snapshot is kept, so that running it again
     /// continues where it stopped.
     pub async fn full(&self, vm_id: &str) -> Result<BackupReport> {
-        let result = self.run_full(vm_id).await;
+        let result = match self.lock_dir(true).await {
+            Ok(_lock) => self.run_full(vm_id).await,
+            Err(e) => Err(e),
+        };
         self.options.progress.finish(Outcome::from_result(&result));
         result
     }
@@ -438,7 +445,10 @@ impl OvmBackup {
     /// again continues it. The previous snapshot is deleted only after the
     /// new state is recorded.
     pub async fn incremental(&self, vm_id: &str, from: &str) -> Result<BackupReport> {
-        let result = self.run_incremental(vm_id, from).await;
+        let result = match self.lock_dir(false).await {
+            Ok(_lock) => self.run_incremental(vm_id, from).await,
+            Err(e) => Err(e),
+        };
         self.options.progress.finish(Outcome::from_result(&result));
         result
     }
@@ -1178,6 +1188,28 @@ impl OvmBackup {
             .map_err(|e| Error::io(format!("backup directory '{}'", self.dir.display()), e))
     }
 
+    /// Takes the directory's lock (one backup at a time per directory;
+    /// another one fails at once with [`Error::Conflict`]), creating the
+    /// directory first when `create`; without it a missing directory is
+    /// not locked (the backup then finds no state and says so).
+    async fn lock_dir(&self, create: bool) -> Result<Option<SessionLock>> {
+        if create {
+            self.prepare_dir().await?;
+        } else if !tokio::fs::try_exists(&self.dir).await.unwrap_or(false) {
+            return Ok(None);
+        }
+        let store = self.checkpoint_store().await?;
+        let dir = self.dir.display().to_string();
+        match blocking(move || store.lock(DIR_LOCK_ID)).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.kind() == hypersdk_core::ErrorKind::Conflict => Err(Error::Conflict {
+                object: format!("backup directory '{dir}'"),
+                message: format!("another backup is running in it ({e})"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn checkpoint_store(&self) -> Result<CheckpointStore> {
         let dir = self.dir.join(CHECKPOINT_DIR_NAME);
         blocking(move || CheckpointStore::open(dir)).await
@@ -1189,6 +1221,10 @@ impl OvmBackup {
         blocking(move || state.save(&dir)).await
     }
 }
+
+/// The checkpoint-store lock id that makes backups into one directory take
+/// turns.
+const DIR_LOCK_ID: &str = "backup-directory";
 
 /// What an incremental does to one image.
 struct Plan {
@@ -1459,6 +1495,41 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_second_backup_in_the_same_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // Never contacted: the lock is checked first.
+        let client = crate::OvmClient::builder("https://127.0.0.1:9")
+            .credentials("u", "p")
+            .build()
+            .unwrap();
+        let backup = OvmBackup::new(client, dir.path());
+        let held = backup.lock_dir(true).await.unwrap();
+        assert!(held.is_some());
+        let e = backup.full("vm").await.unwrap_err();
+        assert_eq!(e.kind(), hypersdk_core::ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains("another backup"), "{e}");
+        let e = backup.incremental("vm", "s").await.unwrap_err();
+        assert_eq!(e.kind(), hypersdk_core::ErrorKind::Conflict, "{e}");
+        drop(held);
+        // Released: the next one gets past the lock (and fails on the
+        // unreachable exporter, not on the lock).
+        let e = backup.full("vm").await.unwrap_err();
+        assert_ne!(e.kind(), hypersdk_core::ErrorKind::Conflict, "{e}");
+        // An incremental into a directory that does not exist is not
+        // locked (nor created): it says there is no backup.
+        let missing = OvmBackup::new(
+            crate::OvmClient::builder("https://127.0.0.1:9")
+                .credentials("u", "p")
+                .build()
+                .unwrap(),
+            dir.path().join("none"),
+        );
+        let e = missing.incremental("vm", "s").await.unwrap_err();
+        assert_eq!(e.kind(), hypersdk_core::ErrorKind::NotFound, "{e}");
+        assert!(!dir.path().join("none").exists());
+    }
 
     #[test]
     fn endpoints_compare_by_origin() {
