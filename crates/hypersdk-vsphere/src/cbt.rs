@@ -71,10 +71,8 @@
 
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use hypersdk_core::blocks::{
-    BlockSink, BlockSource, CopyOptions, CopyReport, SparseFile, copy_extents, copy_to_file,
+    BlockSource, CopyOptions, CopyReport, SparseFile, copy_extents, copy_to_file,
 };
 use hypersdk_core::model::{Extent, ExtentList};
 use hypersdk_core::provider::ChangedExtents;
@@ -873,47 +871,12 @@ async fn patch_image(
             image.display()
         )));
     }
-    let sink = SparseFile::resume(image, len).await?;
-    let report = copy_extents(source, &PatchSink(&sink), extents, None, None, options).await?;
+    // Bytes not copied keep the base image's data (the sink does not start
+    // zeroed), so a digest of the whole image reads them back.
+    let sink = SparseFile::patch(image, len).await?;
+    let report = copy_extents(source, &sink, extents, None, None, options).await?;
     sink.commit().await?;
     Ok(report)
-}
-
-/// A [`SparseFile`] reopened over existing content: bytes not written
-/// read back as they were, not as zeros, so a digest of the whole image
-/// reads them back.
-#[derive(Debug)]
-struct PatchSink<'a>(&'a SparseFile);
-
-#[async_trait]
-impl BlockSink for PatchSink<'_> {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
-        self.0.write_at(offset, data).await
-    }
-
-    async fn punch_hole(&self, range: Extent) -> Result<()> {
-        self.0.punch_hole(range).await
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.0.flush().await
-    }
-
-    async fn read_back(&self, range: Extent) -> Result<Bytes> {
-        self.0.read_back(range).await
-    }
-
-    fn starts_zeroed(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

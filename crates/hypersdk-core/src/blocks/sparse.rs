@@ -148,6 +148,8 @@ pub struct SparseFile {
     part: PathBuf,
     len: u64,
     resumed: bool,
+    /// Whether bytes never written read as zeros (false for a patch).
+    zeroed: bool,
     /// Held shared by every blocking task, taken exclusively by `commit`
     /// and `abort` so they wait for abandoned I/O.
     in_flight: Arc<RwLock<()>>,
@@ -212,7 +214,24 @@ impl SparseFile {
     /// none, and with [`Error::InvalidData`] if its length is not `len`: a
     /// resumed copy must be of the same image.
     pub async fn resume(path: impl AsRef<Path>, len: u64) -> Result<SparseFile> {
-        let path = path.as_ref().to_path_buf();
+        SparseFile::reopen(path.as_ref(), len, true).await
+    }
+
+    /// Reopens `<path>.part` holding an earlier image of `len` bytes to
+    /// patch it in place (an incremental copy onto a base image): like
+    /// [`SparseFile::resume`], but the bytes never written keep the earlier
+    /// image's data, so [`BlockSink::starts_zeroed`] is `false` and a copy
+    /// engine reads them back to hash the whole new image. Moving the image
+    /// to its `.part` name first is the caller's business (so that the
+    /// final name never holds a half-patched image).
+    ///
+    /// Fails as [`SparseFile::resume`] does.
+    pub async fn patch(path: impl AsRef<Path>, len: u64) -> Result<SparseFile> {
+        SparseFile::reopen(path.as_ref(), len, false).await
+    }
+
+    async fn reopen(path: &Path, len: u64, zeroed: bool) -> Result<SparseFile> {
+        let path = path.to_path_buf();
         let part = SparseFile::part_path_for(&path)?;
         let object = file_object(&part);
         let task_part = part.clone();
@@ -241,7 +260,9 @@ impl SparseFile {
             Ok(file)
         })
         .await?;
-        Ok(SparseFile::new(file, path, part, len, true))
+        let mut sink = SparseFile::new(file, path, part, len, true);
+        sink.zeroed = zeroed;
+        Ok(sink)
     }
 
     fn new(file: File, path: PathBuf, part: PathBuf, len: u64, resumed: bool) -> SparseFile {
@@ -263,6 +284,7 @@ impl SparseFile {
             part,
             len,
             resumed,
+            zeroed: true,
             in_flight: Arc::new(RwLock::new(())),
         }
     }
@@ -400,9 +422,10 @@ impl BlockSink for SparseFile {
     }
 
     /// A `.part` file starts as one hole (created with `set_len`), so what
-    /// was never written reads as zeros, in a resumed file too.
+    /// was never written reads as zeros, in a resumed file too; not in a
+    /// [patched](SparseFile::patch) one.
     fn starts_zeroed(&self) -> bool {
-        true
+        self.zeroed
     }
 
     /// Writes the data blocks of `data` and skips (on a resumed file:
@@ -638,6 +661,28 @@ mod tests {
         let e = SparseFile::part_path_for("/").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
         assert!(SparseFile::create("/", 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_patched_file_keeps_its_content_and_does_not_start_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.raw");
+        let part = SparseFile::part_path_for(&path).unwrap();
+        std::fs::write(&part, vec![7u8; 2 * BLOCK as usize]).unwrap();
+        let resumed = SparseFile::resume(&path, 2 * BLOCK).await.unwrap();
+        assert!(resumed.starts_zeroed());
+        drop(resumed);
+        let sink = SparseFile::patch(&path, 2 * BLOCK).await.unwrap();
+        assert!(!sink.starts_zeroed());
+        assert!(sink.is_resumed());
+        sink.write_at(BLOCK, Bytes::from(vec![0u8; BLOCK as usize]))
+            .await
+            .unwrap();
+        let back = sink.read_back(Extent::new(BLOCK - 1, 2)).await.unwrap();
+        assert_eq!(&back[..], &[7, 0]);
+        let e = SparseFile::patch(&path, BLOCK).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidData, "{e}");
+        assert_eq!(sink.commit().await.unwrap(), path);
     }
 
     #[tokio::test]
