@@ -496,6 +496,18 @@ impl OvmClient {
         hypersdk_core::blocks::reqwest_error(method, url.as_str(), e)
     }
 
+    /// `Bearer <token>`, marked sensitive (never logged).
+    fn bearer(&self, token: &str) -> Result<HeaderValue> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            Error::invalid_data(
+                format!("the OVM exporter {}", self.inner.endpoint),
+                "the login token is not a valid header value",
+            )
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
     /// Sends one request and reads its whole body; a status that is not a
     /// success becomes the mapped exporter error.
     async fn exchange(
@@ -514,14 +526,7 @@ impl OvmClient {
             .timeout(self.inner.timeout)
             .headers(headers);
         if let Some(t) = token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                Error::invalid_data(
-                    format!("the OVM exporter {}", self.inner.endpoint),
-                    "the login token is not a valid header value",
-                )
-            })?;
-            v.set_sensitive(true);
-            rb = rb.header(header::AUTHORIZATION, v);
+            rb = rb.header(header::AUTHORIZATION, self.bearer(t)?);
         }
         if let Some(b) = body {
             rb = rb.header(header::CONTENT_TYPE, "application/json").body(b);
@@ -637,16 +642,42 @@ impl OvmClient {
     }
 
     /// Renews the token after a `401` unless another caller already did
-    /// since `seen` was the current generation.
-    async fn relogin_after_401(&self, seen: u64) -> Result<()> {
-        let _guard = self.inner.tokens.login_lock.lock().await;
-        if self.inner.tokens.generation() != seen && self.inner.tokens.fresh().is_some() {
+    /// since `seen` was the current generation, or (with a `probe` URL) the
+    /// current token turns out to be accepted after all.
+    async fn relogin_after_401(&self, seen: u64, probe: Option<&Url>) -> Result<()> {
+        let tokens = &self.inner.tokens;
+        let _guard = tokens.login_lock.lock().await;
+        if tokens.generation() != seen && tokens.fresh().is_some() {
             return Ok(());
         }
-        self.inner.tokens.invalidate(seen);
+        if let Some(probe) = probe
+            && self.current_token_works(probe).await
+        {
+            return Ok(());
+        }
+        tokens.invalidate(tokens.generation());
         let value = self.login_request().await?;
-        self.inner.tokens.store(value);
+        tokens.store(value);
         Ok(())
+    }
+
+    /// Whether the current token is accepted by a `HEAD` of `probe`.
+    async fn current_token_works(&self, probe: &Url) -> bool {
+        let Some(token) = self.inner.tokens.fresh() else {
+            return false;
+        };
+        matches!(
+            self.exchange(
+                &Method::HEAD,
+                probe,
+                Some(&token.value),
+                HeaderMap::new(),
+                None,
+                Subject::Vms,
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// One authenticated request, with one re-login and resend on a `401`.
@@ -675,7 +706,7 @@ impl OvmClient {
                 Err((StatusCode::UNAUTHORIZED, _)) if !relogged => {
                     tracing::debug!(endpoint = %self.inner.endpoint, "token refused (401): logging in again");
                     relogged = true;
-                    self.relogin_after_401(token.generation).await?;
+                    self.relogin_after_401(token.generation, None).await?;
                 }
                 Err((_, e)) => return Err(e),
             }
@@ -775,15 +806,23 @@ impl OvmClient {
         let before: HashSet<String> = self.vm(vm_id).await?.snapshots.into_iter().collect();
         let url = self.url(&["vms", vm_id, "snapshots"]);
         let subject = Subject::Vm { vm: vm_id };
-        let started = tokio::time::Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
+        let before = &before;
+        let url = &url;
+        // Each attempt posts once; a failure with an unknown outcome is
+        // checked by listing, and only "nothing was created" comes back as
+        // the (retryable) error, so the core policy sends it again. A
+        // snapshot found by listing is read after the loop, so that a
+        // failure to read it is never taken for "nothing was created".
+        let found = retry(&self.inner.backoff, &format!("POST {url}"), |attempt| async move {
             let error = match self
-                .authed(&Method::POST, &url, HeaderMap::new(), subject)
+                .authed(&Method::POST, url, HeaderMap::new(), subject)
                 .await
             {
-                Ok(answer) => return parse_json(answer.body, format!("POST {url}")).await,
+                Ok(answer) => {
+                    return parse_json(answer.body, format!("POST {url}"))
+                        .await
+                        .map(Created::Answered);
+                }
                 Err(e) if outcome_unknown(&e) => e,
                 Err(e) => return Err(e),
             };
@@ -810,65 +849,49 @@ impl OvmClient {
                         error = %error,
                         "the answer to a snapshot creation was lost; the new snapshot was found by listing"
                     );
-                    return self.snapshot(vm_id, id, &SnapshotQuery::raw()).await;
+                    Ok(Created::Listed((*id).clone()))
                 }
+                [] if matches!(error, Error::Timeout { .. }) => Err(Error::Other {
+                    message: format!(
+                        "creating a snapshot of VM id '{vm_id}' on {} timed out and no new \
+                         snapshot is listed yet: the exporter may still be creating it; list \
+                         the snapshots later before trying again",
+                        self.inner.endpoint
+                    ),
+                    source: Some(Box::new(error)),
+                }),
                 [] => {
-                    if matches!(error, Error::Timeout { .. }) {
-                        return Err(Error::Other {
-                            message: format!(
-                                "creating a snapshot of VM id '{vm_id}' on {} timed out and no \
-                                 new snapshot is listed yet: the exporter may still be creating \
-                                 it; list the snapshots later before trying again",
-                                self.inner.endpoint
-                            ),
-                            source: Some(Box::new(error)),
-                        });
-                    }
-                    match self
-                        .inner
-                        .backoff
-                        .next_delay(attempts, started.elapsed(), &error)
-                    {
-                        Some(delay) => {
-                            tracing::warn!(
-                                vm = vm_id,
-                                attempt = attempts,
-                                error = %error,
-                                "creating a snapshot failed and none was created: trying again"
-                            );
-                            tokio::time::sleep(delay).await;
-                        }
-                        None if attempts > 1 => {
-                            return Err(Error::RetriesExhausted {
-                                operation: format!("POST {url}"),
-                                attempts,
-                                elapsed: started.elapsed(),
-                                last: Box::new(error),
-                            });
-                        }
-                        None => return Err(error),
-                    }
+                    tracing::warn!(
+                        vm = vm_id,
+                        attempt,
+                        error = %error,
+                        "creating a snapshot failed and none was created"
+                    );
+                    Err(error)
                 }
-                several => {
-                    return Err(Error::Conflict {
-                        object: format!(
-                            "VM id '{vm_id}' on the OVM exporter {}",
-                            self.inner.endpoint
-                        ),
-                        message: format!(
-                            "creating a snapshot failed ({error}) and {} snapshots appeared \
-                             meanwhile ({}): cannot tell which one this call created; delete \
-                             the ones not wanted",
-                            several.len(),
-                            several
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    });
-                }
+                several => Err(Error::Conflict {
+                    object: format!(
+                        "VM id '{vm_id}' on the OVM exporter {}",
+                        self.inner.endpoint
+                    ),
+                    message: format!(
+                        "creating a snapshot failed ({error}) and {} snapshots appeared \
+                         meanwhile ({}): cannot tell which one this call created; delete the \
+                         ones not wanted",
+                        several.len(),
+                        several
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
             }
+        })
+        .await?;
+        match found {
+            Created::Answered(snap) => Ok(snap),
+            Created::Listed(id) => self.snapshot(vm_id, &id, &SnapshotQuery::raw()).await,
         }
     }
 
@@ -1082,6 +1105,13 @@ impl OvmClient {
     }
 }
 
+/// How a snapshot creation ended: with the exporter's answer, or with the
+/// id of the snapshot found by listing after the answer was lost.
+enum Created {
+    Answered(VmSnapshot),
+    Listed(String),
+}
+
 /// Whether a failed create may have created a snapshot without saying so:
 /// every transient failure (no answer, a cut answer, a proxy's or the
 /// exporter's 5xx). Such failures are checked by listing before anything
@@ -1118,28 +1148,6 @@ struct OvmAuth {
     probe: Option<Url>,
 }
 
-impl OvmAuth {
-    /// Whether the current token is accepted by the probe.
-    async fn current_token_works(&self, probe: &Url) -> bool {
-        let Some(token) = self.client.inner.tokens.fresh() else {
-            return false;
-        };
-        matches!(
-            self.client
-                .exchange(
-                    &Method::HEAD,
-                    probe,
-                    Some(&token.value),
-                    HeaderMap::new(),
-                    None,
-                    Subject::Vms,
-                )
-                .await,
-            Ok(Ok(_))
-        )
-    }
-}
-
 impl fmt::Debug for OvmAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OvmAuth")
@@ -1153,31 +1161,16 @@ impl fmt::Debug for OvmAuth {
 impl HttpAuth for OvmAuth {
     async fn headers(&self) -> Result<HeaderMap> {
         let token = self.client.token().await?;
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", token.value)).map_err(|_| {
-            Error::invalid_data("the OVM exporter login", "token is not a header value")
-        })?;
-        v.set_sensitive(true);
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, v);
+        h.insert(header::AUTHORIZATION, self.client.bearer(&token.value)?);
         Ok(h)
     }
 
     async fn refresh(&self) -> Result<bool> {
-        let tokens = &self.client.inner.tokens;
-        let seen = tokens.generation();
-        let _guard = tokens.login_lock.lock().await;
-        if tokens.generation() != seen && tokens.fresh().is_some() {
-            // Renewed while this caller waited.
-            return Ok(true);
-        }
-        if let Some(probe) = &self.probe
-            && self.current_token_works(probe).await
-        {
-            return Ok(true);
-        }
-        tokens.invalidate(tokens.generation());
-        let value = self.client.login_request().await?;
-        tokens.store(value);
+        let seen = self.client.inner.tokens.generation();
+        self.client
+            .relogin_after_401(seen, self.probe.as_ref())
+            .await?;
         Ok(true)
     }
 }

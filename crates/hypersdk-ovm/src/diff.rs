@@ -109,9 +109,11 @@ pub fn diff_chunks(old: &[Chunk], new: &[Chunk], disk_size: u64) -> ChunkDiff {
     let unchanged = ExtentList::from_unsorted(unchanged).squash();
     let old_alloc = allocation(&old_map);
     let new_alloc = allocation(&new_map);
+    // A difference of squashed lists is squashed: its pieces are cut by
+    // non-empty extents, so none touch.
     ChunkDiff {
-        changed: new_alloc.subtract(&unchanged).squash(),
-        freed: old_alloc.subtract(&new_alloc).squash(),
+        changed: new_alloc.subtract(&unchanged),
+        freed: old_alloc.subtract(&new_alloc),
         unchanged,
     }
 }

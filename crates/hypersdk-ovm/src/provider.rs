@@ -705,11 +705,13 @@ impl Provider for OvmProvider {
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.not_found(vm, Some(e))),
             other => other?,
         };
-        let mut out = Vec::with_capacity(snaps.len());
-        for s in &snaps {
-            out.push(self.snapshot_info(s).await?);
-        }
-        Ok(out)
+        // Each snapshot's disks are sized in parallel already; a few
+        // snapshots at once keeps the HEADs in flight bounded.
+        stream::iter(snaps)
+            .map(|s| async move { self.snapshot_info(&s).await })
+            .buffered(2)
+            .try_collect()
+            .await
     }
 
     /// Deletes the snapshot; `NotFound` when it does not exist (the
@@ -827,8 +829,9 @@ impl Provider for OvmProvider {
                 freed: Some(ExtentList::new()),
             });
         };
-        let old = self.raw_snapshot(&vm_id, from).await?;
+        // The order first: it is cheap, the older raw chunk list is not.
         self.check_order(&vm_id, from, to).await?;
+        let old = self.raw_snapshot(&vm_id, from).await?;
         // A disk added since `from` has no old chunks: all of it changed.
         let old_chunks = old
             .disk(&disk.disk_id)

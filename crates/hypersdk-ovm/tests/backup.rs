@@ -315,6 +315,26 @@ async fn full_then_three_incrementals_equal_the_server_snapshots() {
         assert!(report.previous_deleted, "round {round}");
         assert_eq!(exporter.snapshot_ids(&vm), vec![report.snapshot_id.clone()]);
         assert_eq!(exporter.stats().data_bytes, report.bytes_fetched());
+        // One size probe (HEAD) per disk, then one GET per planned
+        // sub-range: the disk's size is not asked twice.
+        let planned_gets: usize = report
+            .disks
+            .iter()
+            .map(|d| {
+                let old = before.disk(&d.name).unwrap().chunks();
+                let new = after.disk(&d.name).unwrap().chunks();
+                hypersdk_ovm::diff_chunks(&old, &new, d.size)
+                    .changed
+                    .split_to_max(512 * K)
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(
+            exporter.stats().data_requests,
+            (report.disks.len() + planned_gets) as u64,
+            "round {round}: data requests"
+        );
         for d in &report.disks {
             assert!(d.patched, "round {round} {}", d.name);
             let old = before.disk(&d.name).unwrap().chunks();

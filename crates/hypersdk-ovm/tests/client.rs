@@ -417,6 +417,17 @@ async fn a_lost_create_response_is_found_by_listing_not_created_twice() {
     let ids = ex.snapshot_ids(&web.id);
     assert_eq!(ids.len(), 2);
     assert_eq!(ids.last(), Some(&s2.id));
+
+    // A 503 every time: sent again up to the policy's attempts (4), never
+    // more, and nothing created.
+    ex.reset_stats();
+    ex.faults().fail_status(503, 100, Route::CreateSnapshot);
+    let e = c.create_snapshot(&web.id).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+    assert_eq!(route(&ex, Route::CreateSnapshot), 4);
+    assert_eq!(ex.snapshot_ids(&web.id).len(), 2);
+    ex.faults().clear();
 }
 
 #[tokio::test]

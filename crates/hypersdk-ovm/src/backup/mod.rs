@@ -82,12 +82,12 @@ use hypersdk_core::retry::Backoff;
 use hypersdk_core::{Error, Result};
 use serde::Serialize;
 
-use crate::client::OvmClient;
+use crate::client::{OvmClient, OvmDisk};
 use crate::diff::{chunks_to_extents, diff_chunks};
 use crate::types::{SnapshotQuery, VirtualMachine, VmSnapshot};
 
 pub use package::{OvaOptions, OvaReport};
-use patch::PatchSink;
+use patch::open_patch;
 pub use state::{
     BackupKind, BackupState, CHECKPOINT_DIR_NAME, ChunkRecord, DiskState, FileFingerprint,
     PendingBackup, STATE_FILE_NAME,
@@ -455,7 +455,7 @@ impl OvmBackup {
 
     async fn run_full(&self, vm_id: &str) -> Result<BackupReport> {
         let started = Instant::now();
-        self.prepare_dir().await?;
+        // The directory exists: `full` created it to lock it.
         let endpoint = self.client.endpoint().to_string();
         let mut warnings = Vec::new();
         let old = self.state().await?;
@@ -740,7 +740,7 @@ impl OvmBackup {
             }
             let (disk_state, report) = match plan {
                 Some(plan) => {
-                    self.patch(&snap, disk, &device, &plan, &store, &mut session)
+                    self.patch(disk, &device, &plan, &store, &mut session)
                         .await?
                 }
                 None => {
@@ -822,10 +822,10 @@ impl OvmBackup {
                 plans.push(None);
                 continue;
             };
-            let size = self
-                .client
-                .disk_size(vm_id, &pending.snapshot_id, &disk.name)
-                .await?;
+            // The disk's reader: its HEAD gives the size the plan needs,
+            // and the patch reads through it without asking again.
+            let source = self.client.open_snapshot_disk(&snap, &disk.name).await?;
+            let size = source.len();
             if size < old.size {
                 return Err(Error::invalid_input(format!(
                     "disk '{}' shrank from {} to {size} bytes between snapshots {from} and {}: \
@@ -835,7 +835,7 @@ impl OvmBackup {
             }
             let diff = diff_chunks(&old.chunks(), &disk.chunks, size);
             plans.push(Some(Plan {
-                size,
+                source,
                 changed: diff.changed,
                 freed: diff.freed,
             }));
@@ -865,10 +865,9 @@ impl OvmBackup {
     }
 
     /// Patches the image of `disk` in place: the changed ranges of `plan`
-    /// copied from `snap`, its freed ranges punched, grown to its size.
+    /// copied from its source, its freed ranges punched, grown to its size.
     async fn patch(
         &self,
-        snap: &VmSnapshot,
         disk: &crate::types::DiskSnapshot,
         device: &str,
         plan: &Plan,
@@ -876,11 +875,11 @@ impl OvmBackup {
         session: &mut TransferSession,
     ) -> Result<(DiskState, DiskReport)> {
         let path = self.image_path(&disk.name);
-        let source = self.client.open_snapshot_disk(snap, &disk.name).await?;
-        check_source_len(&source, plan.size)?;
-        let sink = PatchSink::open(&path, plan.size).await?;
+        let source = &plan.source;
+        let size = source.len();
+        let sink = open_patch(&path, size).await?;
         let copied = copy_extents(
-            &source,
+            source,
             &sink,
             &plan.changed,
             Some(&plan.freed),
@@ -904,11 +903,11 @@ impl OvmBackup {
         sink.commit().await?;
         let finished = Finished {
             sha256,
-            allocated: chunks_to_extents(&disk.chunks, plan.size).total_bytes(),
+            allocated: source.allocated().total_bytes(),
             planned: plan.changed.total_bytes(),
             patched: true,
         };
-        finish_disk(&path, disk, device, plan.size, &copied, finished).await
+        finish_disk(&path, disk, device, size, &copied, finished).await
     }
 
     /// Records a finished disk in the pending backup.
@@ -968,7 +967,7 @@ impl OvmBackup {
         let path = self.image_path(&disk.name);
         let source = self.client.open_snapshot_disk(snap, &disk.name).await?;
         let size = source.len();
-        let extents = chunks_to_extents(&disk.chunks, size);
+        let extents = source.allocated().clone();
 
         // Finished by an earlier run that stopped before recording it.
         if let Some(item) = session.item(&disk.name)
@@ -1228,8 +1227,9 @@ const DIR_LOCK_ID: &str = "backup-directory";
 
 /// What an incremental does to one image.
 struct Plan {
-    /// The disk's size in the new snapshot (the image grows to it).
-    size: u64,
+    /// The disk of the new snapshot; its length is the size the image
+    /// grows to.
+    source: OvmDisk,
     /// The ranges to copy.
     changed: ExtentList,
     /// The ranges to punch.
@@ -1318,19 +1318,6 @@ fn skipped_report(path: PathBuf, done: &DiskState) -> DiskReport {
         skipped: true,
         patched: false,
     }
-}
-
-fn check_source_len(source: &dyn BlockSource, size: u64) -> Result<()> {
-    if source.len() != size {
-        return Err(Error::invalid_data(
-            source.describe(),
-            format!(
-                "the disk is {} bytes long, but its HEAD said {size}",
-                source.len()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn check_disk_names(snap: &VmSnapshot) -> Result<()> {

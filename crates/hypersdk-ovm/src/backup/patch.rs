@@ -2,51 +2,35 @@
 //! `<name>.part` while it is patched, so the final name never holds a
 //! half-patched image, and moved back once complete and synced.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use hypersdk_core::blocks::{BlockSink, SparseFile};
-use hypersdk_core::model::Extent;
+use hypersdk_core::blocks::SparseFile;
 use hypersdk_core::{Error, Result};
 
 use super::state::image_object;
 
-/// A [`SparseFile`] resumed over an existing image: every byte not written
-/// holds the previous image's data, so it does **not** start zeroed (the
-/// copy engine reads unchanged ranges back to hash the whole new image),
-/// and all-zero blocks written are punched out (the resumed file does that).
-#[derive(Debug)]
-pub(crate) struct PatchSink {
-    inner: SparseFile,
-}
-
-impl PatchSink {
-    /// Opens `<path>.part` of `len` bytes for patching. Before, `<path>` is
-    /// renamed to `<path>.part` if the patch has not started yet, and the
-    /// `.part` file is grown to `len`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotFound`] if neither `<path>` nor `<path>.part` exists;
-    /// [`Error::Conflict`] if both exist (one of them is not ours);
-    /// [`Error::InvalidInput`] if the image is longer than `len` (a disk
-    /// never shrinks).
-    pub(crate) async fn open(path: &Path, len: u64) -> Result<PatchSink> {
-        let part = SparseFile::part_path_for(path)?;
-        let (path_c, part_c) = (path.to_path_buf(), part.clone());
-        tokio::task::spawn_blocking(move || prepare(&path_c, &part_c, len))
-            .await
-            .map_err(|e| Error::other(format!("patch preparation task failed: {e}")))??;
-        Ok(PatchSink {
-            inner: SparseFile::resume(path, len).await?,
-        })
-    }
-
-    /// Syncs the patched image and moves it back to its final name.
-    pub(crate) async fn commit(self) -> Result<PathBuf> {
-        self.inner.commit().await
-    }
+/// Opens `<path>.part` of `len` bytes for patching, as a
+/// [patched](SparseFile::patch) sparse file: every byte not written holds
+/// the previous image's data, so it does **not** start zeroed (the copy
+/// engine reads unchanged ranges back to hash the whole new image), and
+/// all-zero blocks written are punched out. Before, `<path>` is renamed to
+/// `<path>.part` if the patch has not started yet, and the `.part` file is
+/// grown to `len`. [`SparseFile::commit`] syncs the patched image and moves
+/// it back to its final name.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] if neither `<path>` nor `<path>.part` exists;
+/// [`Error::Conflict`] if both exist (one of them is not ours);
+/// [`Error::InvalidInput`] if the image is longer than `len` (a disk
+/// never shrinks).
+pub(crate) async fn open_patch(path: &Path, len: u64) -> Result<SparseFile> {
+    let part = SparseFile::part_path_for(path)?;
+    let (path_c, part_c) = (path.to_path_buf(), part.clone());
+    tokio::task::spawn_blocking(move || prepare(&path_c, &part_c, len))
+        .await
+        .map_err(|e| Error::other(format!("patch preparation task failed: {e}")))??;
+    SparseFile::patch(path, len).await
 }
 
 /// Moves the image to its `.part` name (unless a patch started already)
@@ -133,57 +117,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[async_trait]
-impl BlockSink for PatchSink {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
-        self.inner.write_at(offset, data).await
-    }
-
-    async fn punch_hole(&self, range: Extent) -> Result<()> {
-        self.inner.punch_hole(range).await
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.inner.flush().await
-    }
-
-    async fn read_back(&self, range: Extent) -> Result<Bytes> {
-        self.inner.read_back(range).await
-    }
-
-    /// Never: the bytes not written are the previous image's.
-    fn starts_zeroed(&self) -> bool {
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use hypersdk_core::blocks::BlockSink;
+    use hypersdk_core::model::Extent;
 
     #[tokio::test]
     async fn patch_moves_grows_and_restores() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
         let part = dir.path().join("d.img.part");
-        let e = PatchSink::open(&path, 8).await.unwrap_err();
+        let e = open_patch(&path, 8).await.unwrap_err();
         assert!(e.is_not_found(), "{e}");
 
         std::fs::write(&path, b"abcdefgh").unwrap();
-        let e = PatchSink::open(&path, 4).await.unwrap_err();
+        let e = open_patch(&path, 4).await.unwrap_err();
         assert!(e.to_string().contains("cannot shrink"), "{e}");
         // Refused before anything moved.
         assert!(path.exists() && !part.exists());
 
-        let sink = PatchSink::open(&path, 16).await.unwrap();
+        let sink = open_patch(&path, 16).await.unwrap();
         assert!(!sink.starts_zeroed());
         assert_eq!(sink.len(), 16);
         sink.write_at(2, Bytes::from_static(b"XY")).await.unwrap();
@@ -195,7 +150,7 @@ mod tests {
         assert!(!part.exists());
 
         std::fs::write(&part, b"stale").unwrap();
-        let e = PatchSink::open(&path, 16).await.unwrap_err();
+        let e = open_patch(&path, 16).await.unwrap_err();
         assert_eq!(e.kind(), hypersdk_core::ErrorKind::Conflict, "{e}");
     }
 }
