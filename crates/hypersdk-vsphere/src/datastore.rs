@@ -821,7 +821,9 @@ impl DatastoreFiles {
             .or_else(|| path.file_name().map(str::to_owned))
             .unwrap_or_else(|| path.to_string());
         let tracker = opts.progress.item(Phase::Transferring, item, Some(len));
-        let mut hasher = (!opts.digests.is_empty()).then(|| MultiHasher::new(&opts.digests));
+        // Hashed on threads of their own: not on the runtime's worker while
+        // the body streams in.
+        let mut hasher = (!opts.digests.is_empty()).then(|| MultiHasher::offloaded(&opts.digests));
         if let Some(h) = hasher.as_mut() {
             let mut pos = 0;
             while pos < offset {

@@ -1025,9 +1025,27 @@ struct LeaseMeter {
     lease: LeaseProgress,
     done: AtomicU64,
     expected: AtomicU64,
+    /// Each planned file's current share of `expected`.
+    estimates: Vec<AtomicU64>,
 }
 
 impl LeaseMeter {
+    /// A meter expecting `estimates` (one per planned file).
+    fn new(lease: LeaseProgress, estimates: impl IntoIterator<Item = u64>) -> Self {
+        let estimates: Vec<AtomicU64> = estimates.into_iter().map(AtomicU64::new).collect();
+        LeaseMeter {
+            lease,
+            done: AtomicU64::new(0),
+            expected: AtomicU64::new(
+                estimates
+                    .iter()
+                    .map(|e| e.load(Ordering::Relaxed))
+                    .fold(0, u64::saturating_add),
+            ),
+            estimates,
+        }
+    }
+
     fn add(&self, bytes: u64) {
         let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.update(done);
@@ -1039,14 +1057,19 @@ impl LeaseMeter {
         self.lease.set_percent(pct);
     }
 
-    /// Replaces an estimate by the announced length.
-    fn correct(&self, estimate: u64, actual: u64) {
-        if actual >= estimate {
+    /// Replaces file `index`'s estimate by its announced length. Opening
+    /// the file again (a restart) corrects nothing twice.
+    fn correct(&self, index: usize, actual: u64) {
+        let Some(slot) = self.estimates.get(index) else {
+            return;
+        };
+        let previous = slot.swap(actual, Ordering::Relaxed);
+        if actual >= previous {
             self.expected
-                .fetch_add(actual - estimate, Ordering::Relaxed);
+                .fetch_add(actual - previous, Ordering::Relaxed);
         } else {
             self.expected
-                .fetch_sub(estimate - actual, Ordering::Relaxed);
+                .fetch_sub(previous - actual, Ordering::Relaxed);
         }
         self.update(self.done.load(Ordering::Relaxed));
     }
@@ -1210,6 +1233,16 @@ impl PartFiles {
         PathBuf::from(p)
     }
 
+    /// Removes the `.part` of a part: a raw image's, which `vmdk_to_raw`
+    /// writes through a [`SparseFile`] while it runs.
+    ///
+    /// [`SparseFile`]: hypersdk_core::blocks::SparseFile
+    fn remove_inner_part(part: &Path) {
+        if let Ok(inner) = hypersdk_core::blocks::SparseFile::part_path_for(part) {
+            let _ = std::fs::remove_file(inner);
+        }
+    }
+
     fn add(&mut self, target: &Path) -> PathBuf {
         let part = Self::part_of(target);
         self.parts.push((part.clone(), target.to_path_buf()));
@@ -1218,20 +1251,28 @@ impl PartFiles {
 
     /// Renames every part into place (never replacing a file: a target
     /// that appeared meanwhile is an error), then syncs the directories.
+    /// On an error every target already placed and every part is removed:
+    /// the export failed, and nothing of it stays.
     async fn commit(mut self) -> Result<()> {
         let parts = std::mem::take(&mut self.parts);
         let result = tokio::task::spawn_blocking(move || -> Result<Vec<(PathBuf, PathBuf)>> {
             let mut done: Vec<PathBuf> = Vec::new();
             for (part, target) in &parts {
-                let linked =
-                    std::fs::hard_link(part, target).and_then(|()| std::fs::remove_file(part));
-                if let Err(e) = linked {
+                let linked = std::fs::hard_link(part, target);
+                let moved = linked.and_then(|()| {
+                    done.push(target.clone());
+                    std::fs::remove_file(part)
+                });
+                if let Err(e) = moved {
                     for t in &done {
                         let _ = std::fs::remove_file(t);
                     }
+                    for (p, _) in &parts {
+                        let _ = std::fs::remove_file(p);
+                        Self::remove_inner_part(p);
+                    }
                     return Err(Error::io(format!("'{}'", target.display()), e));
                 }
-                done.push(target.clone());
             }
             let mut dirs: Vec<&Path> = parts.iter().filter_map(|(_, t)| t.parent()).collect();
             dirs.dedup();
@@ -1254,7 +1295,7 @@ impl PartFiles {
                 Ok(())
             }
             Err(e) => {
-                self.committed = true; // parts already consumed or removed
+                self.committed = true; // the parts were removed above
                 Err(e)
             }
         }
@@ -1268,8 +1309,7 @@ impl Drop for PartFiles {
         }
         for (part, _) in &self.parts {
             let _ = std::fs::remove_file(part);
-            // vmdk_to_raw writes <part>.part while it runs.
-            let _ = std::fs::remove_file(Self::part_of(part));
+            Self::remove_inner_part(part);
         }
     }
 }
@@ -1425,9 +1465,9 @@ impl Run<'_> {
             .emit(ProgressEvent::new(phase, 0, None).with_message(message));
     }
 
-    /// Opens the download of `file`, correcting the lease estimate with the
-    /// announced length.
-    async fn open(&self, file: &PlannedFile) -> Result<NfcDownload> {
+    /// Opens the download of `file` (planned file number `index`),
+    /// correcting the lease estimate with the announced length.
+    async fn open(&self, index: usize, file: &PlannedFile) -> Result<NfcDownload> {
         let d = NfcDownload::open(
             self.client,
             &file.device,
@@ -1436,7 +1476,7 @@ impl Run<'_> {
         )
         .await?;
         if let Some(len) = d.len() {
-            self.meter.correct(file.estimate, len);
+            self.meter.correct(index, len);
         }
         Ok(d)
     }
@@ -1449,7 +1489,7 @@ impl Run<'_> {
         part: &Path,
         counted: Arc<AtomicU64>,
     ) -> Result<ExportedFile> {
-        let download = self.open(file).await?;
+        let download = self.open(index, file).await?;
         let stats = download.stats();
         let total = download.len();
         let item = self.item(
@@ -1524,8 +1564,9 @@ impl Run<'_> {
     }
 
     /// Downloads `file` into its `.part`, starting the file over after a
-    /// failure that resuming could not fix (a server ignoring `Range`,
-    /// retries of a resume used up on a retryable error).
+    /// retryable failure that resuming in place could not fix (a server
+    /// ignoring `Range`). Resumes that used up their retries end in a
+    /// [`Error::RetriesExhausted`], which is not retried again here.
     async fn write_file(
         &self,
         index: usize,
@@ -1717,11 +1758,10 @@ async fn run_export(
             return Err(Error::already_exists(format!("'{}'", p.display())));
         }
     }
-    let meter = Arc::new(LeaseMeter {
-        lease: lease.progress(),
-        done: AtomicU64::new(0),
-        expected: AtomicU64::new(planned.iter().map(|p| p.estimate).sum()),
-    });
+    let meter = Arc::new(LeaseMeter::new(
+        lease.progress(),
+        planned.iter().map(|p| p.estimate),
+    ));
     let run = Run {
         client,
         options,
@@ -1995,7 +2035,7 @@ async fn write_ova_once(
     // 2. The files, streamed in.
     let mut files = Vec::with_capacity(planned.len());
     for (i, f) in planned.iter().enumerate() {
-        let download = run.open(f).await?;
+        let download = run.open(i, f).await?;
         let stats = download.stats();
         let total = download.len();
         let item = run.item(i, &f.name, total);
@@ -2264,6 +2304,59 @@ mod tests {
         // No disk at all is an error, not an empty export.
         let e = plan_files(&vm, &info, &devices[2..], &stem, &ovf).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn lease_meter_corrects_each_file_once() {
+        let lease = LeaseProgress::default();
+        let m = LeaseMeter::new(lease.clone(), [1000, 100]);
+        m.correct(0, 400);
+        // The file starts over and is opened again: no second correction.
+        m.correct(0, 400);
+        assert_eq!(m.expected.load(Ordering::Relaxed), 500);
+        m.add(250);
+        assert_eq!(lease.percent(), 50);
+        m.correct(1, 50);
+        m.correct(1, 50);
+        assert_eq!(m.expected.load(Ordering::Relaxed), 450);
+        m.rewind(250);
+        m.add(1000);
+        assert_eq!(
+            lease.percent(),
+            99,
+            "never 100 % before the lease completes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_neither_targets_nor_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a.vmdk"),
+            dir.path().join("b.vmdk"),
+            dir.path().join("c.vmdk"),
+        );
+        let mut parts = PartFiles::default();
+        for t in [&a, &b, &c] {
+            std::fs::write(parts.add(t), b"data").unwrap();
+        }
+        // A file that appeared at a target meanwhile is never replaced.
+        std::fs::write(&b, b"someone else's").unwrap();
+        let e = parts.commit().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b.vmdk"]);
+        assert_eq!(std::fs::read(&b).unwrap(), b"someone else's");
+
+        let mut parts = PartFiles::default();
+        std::fs::write(parts.add(&a), b"data").unwrap();
+        parts.commit().await.unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"data");
+        assert!(!PartFiles::part_of(&a).exists());
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! no progress call can race the end of the lease. A lease dropped without
 //! either is aborted in the background (best effort) and the drop is
 //! logged: an error path or a cancelled future never leaves a lease
-//! holding the VM locked until its timeout.
+//! holding the VM locked until its timeout (nor does a cancelled
+//! [`NfcLease::wait_ready`]).
 //!
 //! A lease can also change hands: [`NfcLease::detach`] stops the
 //! keep-alive and lets go of the lease *without* ending it, and
@@ -367,7 +368,16 @@ impl NfcLease {
     /// an unknown state, or a ready lease without `info`;
     /// [`Error::Timeout`] after the task timeout; errors reading the lease.
     pub async fn wait_ready(client: &Client, lease: MoRef) -> Result<NfcLease> {
-        match Self::poll_ready(client, &lease).await {
+        // Dropping this future while the lease initializes must not leave
+        // the lease holding the VM either.
+        let mut guard = AbortOnDrop {
+            client,
+            lease: Some(lease.clone()),
+        };
+        let polled = Self::poll_ready(client, &lease).await;
+        guard.lease = None;
+        drop(guard);
+        match polled {
             Ok(info) => Ok(Self::start(client.clone(), lease, info)),
             Err(e) => {
                 // Best effort: a lease still initializing would otherwise
@@ -692,17 +702,43 @@ impl Drop for NfcLease {
             lease = %self.moref.value,
             "NFC lease dropped without complete() or abort(): aborting it in the background"
         );
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        abort_in_background(&self.client, &self.moref);
+    }
+}
+
+/// Aborts `lease` in the background when dropped while still set: what a
+/// cancelled [`NfcLease::wait_ready`] leaves behind.
+struct AbortOnDrop<'a> {
+    client: &'a Client,
+    lease: Option<MoRef>,
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
             return;
         };
-        let client = self.client.clone();
-        let moref = self.moref.clone();
-        rt.spawn(async move {
-            if let Err(e) = send_abort(&client, &moref, Some("the transfer was cancelled")).await {
-                tracing::debug!(lease = %moref.value, error = %e, "background HttpNfcLeaseAbort failed");
-            }
-        });
+        tracing::warn!(
+            lease = %lease.value,
+            "waiting for the NFC lease was cancelled: aborting it in the background"
+        );
+        abort_in_background(self.client, &lease);
     }
+}
+
+/// `HttpNfcLeaseAbort` on a task of the current runtime (none: nothing),
+/// for the drop paths that cannot wait for it.
+fn abort_in_background(client: &Client, lease: &MoRef) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let client = client.clone();
+    let lease = lease.clone();
+    rt.spawn(async move {
+        if let Err(e) = send_abort(&client, &lease, Some("the transfer was cancelled")).await {
+            tracing::debug!(lease = %lease.value, error = %e, "background HttpNfcLeaseAbort failed");
+        }
+    });
 }
 
 /// The keep-alive period: at most 5 s and at most a third of the lease

@@ -482,6 +482,31 @@ async fn failures_abort_the_lease_and_leave_nothing_behind() {
         listing(tmp.path())
     );
 
+    // Cancellation while the lease is still initializing: aborted too.
+    sim.lease_fault(LeaseFault::ready_after(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let dir = tmp.path().join("cancelled-early");
+    let r = tokio::time::timeout(
+        Duration::from_millis(1000),
+        export(ExportFormat::Ovf, dir.clone()),
+    )
+    .await;
+    assert!(r.is_err(), "the lease should still be initializing: {r:?}");
+    let mut aborted = false;
+    for _ in 0..100 {
+        if count(&calls(&sim).await, "HttpNfcLeaseAbort") == 4 {
+            aborted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        aborted,
+        "the lease of an export dropped while waiting was not aborted"
+    );
+    assert!(listing(&dir).is_empty(), "{:?}", listing(&dir));
+
     // A powered-on VM: ExportVm refused with a hint; its snapshot exports.
     run_task(&client, "PowerOnVM_Task", &vm).await;
     let dir = tmp.path().join("running");
