@@ -79,8 +79,8 @@
 //! files again) under [`OvaImportOptions::backoff`], without limit with
 //! [`Backoff::unlimited`]. A file source re-reads its entries through the
 //! index; a re-openable stream ([`import_ova_reopen`]) is opened again; a
-//! one-pass stream ([`import_ova_reader`]) can be restarted only while none
-//! of its disk bytes were read.
+//! one-pass stream ([`import_ova_reader`]) cannot be read again, so its
+//! import is not restarted.
 //!
 //! # Continuing an import in another process
 //!
@@ -732,7 +732,9 @@ pub struct OvaImportOptions {
     /// Keep the half-imported VM when the import fails (default: destroy
     /// it).
     pub keep_on_failure: bool,
-    /// Power the VM on once imported.
+    /// Power the VM on once imported. A failed power-on is returned as
+    /// the import's error, but the VM stays imported (the import is not
+    /// restarted).
     pub power_on: bool,
     /// How converted disks are sized.
     pub unknown_length: UnknownLength,
@@ -944,9 +946,9 @@ pub async fn import_ova(
 }
 
 /// Imports an OVA read once from `reader` (an HTTP body, a pipe). Only
-/// streamOptimized disks can be imported this way, and a failure can be
-/// retried only while no disk byte was read; see the [module
-/// documentation](self).
+/// streamOptimized disks can be imported this way, and a failure is not
+/// retried (the stream cannot be read again: use [`import_ova_reopen`]
+/// for that); see the [module documentation](self).
 ///
 /// # Errors
 ///
@@ -2161,11 +2163,26 @@ fn unknown_outcome(method: &str, e: Error) -> Error {
 // The import.
 
 /// Removes a failed attempt's VM when dropped while armed (a cancelled
-/// import), in the background.
+/// import), in the background, unless its lease is `done` by then (the
+/// import was cancelled while `HttpNfcLeaseComplete` was on its way, and
+/// it went through: the VM is imported and stays).
 #[derive(Debug)]
 struct DestroyGuard {
     client: Client,
     entity: Option<MoRef>,
+    /// The import's lease, checked before destroying.
+    lease: MoRef,
+}
+
+impl DestroyGuard {
+    /// A guard of `entity`, armed unless `keep_on_failure`.
+    fn new(client: &Client, entity: &MoRef, lease: &MoRef, keep_on_failure: bool) -> Self {
+        DestroyGuard {
+            client: client.clone(),
+            entity: (!keep_on_failure).then(|| entity.clone()),
+            lease: lease.clone(),
+        }
+    }
 }
 
 impl Drop for DestroyGuard {
@@ -2177,10 +2194,16 @@ impl Drop for DestroyGuard {
             return;
         };
         let client = self.client.clone();
+        let lease = self.lease.clone();
         tracing::warn!(entity = %entity, "import cancelled: destroying the half-imported VM in the background");
         rt.spawn(async move {
-            // Let the lease's own background abort land first.
+            // Let the lease's own background abort (or a completion that
+            // was in flight) land first.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if lease_state(&client, &lease).await.as_deref() == Some("done") {
+                tracing::warn!(entity = %entity, lease = %lease.value, "import cancelled after its lease was completed: the VM is imported and kept");
+                return;
+            }
             if let Err(e) = destroy(&client, &entity).await {
                 tracing::warn!(entity = %entity, error = %e, "cannot destroy the half-imported VM");
             }
@@ -2244,6 +2267,9 @@ async fn run_import(
         .await;
         let error = match result {
             Ok(mut report) => {
+                // Outside the restart loop: the VM is imported, and a
+                // failed power-on must not import it a second time.
+                power_on_imported(client, &report.vm, opts).await?;
                 report.attempts = attempts;
                 report.elapsed = started.elapsed();
                 return Ok(report);
@@ -2375,10 +2401,7 @@ async fn attempt(
         o.lease_ready(attempt_no, &leftover);
         o.reattach_state(&state);
     }
-    let mut guard = DestroyGuard {
-        client: client.clone(),
-        entity: (!opts.keep_on_failure).then(|| entity.clone()),
-    };
+    let mut guard = DestroyGuard::new(client, &entity, &lease_ref, opts.keep_on_failure);
     let uploaded = upload_all(
         client,
         package,
@@ -2414,8 +2437,9 @@ async fn lease_state(client: &Client, lease: &MoRef) -> Option<String> {
 }
 
 /// Ends an import's lease after its uploads: completes it when they all
-/// went through (then powers the VM on if asked), else aborts it and
-/// destroys the VM (unless `keep_on_failure`), telling the observer.
+/// went through, else aborts it and destroys the VM (unless
+/// `keep_on_failure`), telling the observer. Powering on is the caller's
+/// ([`power_on_imported`]).
 ///
 /// The VM is never destroyed once the lease is `done`: then a
 /// `HttpNfcLeaseComplete` whose answer was lost went through, or another
@@ -2498,9 +2522,6 @@ async fn conclude(
         Ok(files) => {
             if let Some(o) = &opts.observer {
                 o.finished(entity);
-            }
-            if opts.power_on && entity.kind == "VirtualMachine" {
-                power_on(client, entity).await?;
             }
             Ok(files)
         }
@@ -2670,10 +2691,7 @@ pub async fn reattach_ova(
         "continuing the import within its lease"
     );
     let leftover = state.leftover();
-    let mut guard = DestroyGuard {
-        client: client.clone(),
-        entity: (!opts.keep_on_failure).then(|| state.entity.clone()),
-    };
+    let mut guard = DestroyGuard::new(client, &state.entity, &state.lease, opts.keep_on_failure);
     let mut state = state.clone();
     let items = state.items();
     let mut package = Package::Indexed(Box::new(package));
@@ -2693,6 +2711,7 @@ pub async fn reattach_ova(
         client, lease, uploaded, &leftover, &mut guard, opts, &mut state,
     )
     .await?;
+    power_on_imported(client, &state.entity, opts).await?;
     Ok(ImportReport {
         vm: state.entity.clone(),
         name: state.name.clone(),
@@ -3052,10 +3071,7 @@ pub async fn begin_import(
             "the lease names no entity",
         )
     })?;
-    let guard = DestroyGuard {
-        client: client.clone(),
-        entity: (!opts.keep_on_failure).then(|| entity.clone()),
-    };
+    let guard = DestroyGuard::new(client, &entity, &lease_ref, opts.keep_on_failure);
     let state = ReattachState::new(client, &lease, &entity, &name, descriptor, &spec.items);
     let mut files = Vec::new();
     for item in &spec.items {
@@ -3089,6 +3105,17 @@ pub async fn begin_import(
         keep_on_failure: opts.keep_on_failure,
         guard: Some(guard),
         state,
+    })
+}
+
+/// Powers the imported `vm` on when [`OvaImportOptions::power_on`] asks
+/// for it (a VM, not a vApp). A failure leaves the VM imported.
+async fn power_on_imported(client: &Client, vm: &MoRef, opts: &OvaImportOptions) -> Result<()> {
+    if !opts.power_on || vm.kind != "VirtualMachine" {
+        return Ok(());
+    }
+    power_on(client, vm).await.inspect_err(|e| {
+        tracing::warn!(entity = %vm, error = %e, "the VM was imported, but powering it on failed");
     })
 }
 

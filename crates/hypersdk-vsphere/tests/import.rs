@@ -565,14 +565,19 @@ async fn bad_placement_is_refused_before_anything_is_created() {
             .with_folder("/DC0/vm")
             .with_host(host.entity.name.clone()),
     )
-    .with_name("placed2");
+    .with_name("placed2")
+    .with_power_on(true);
     let report2 = import_ova(&client, &tty, &placed)
         .await
         .expect("placed import");
+    assert_eq!(report2.attempts, 1);
     let inv = sim.inventory().await.unwrap();
     let vm = inv.vm("placed2").unwrap();
     assert_eq!(vm.host, host.entity.moref);
     assert_ne!(report.vm, report2.vm);
+    // Powered on only when asked.
+    assert_eq!(vm.power_state, "poweredOn");
+    assert_eq!(inv.vm("placed").unwrap().power_state, "poweredOff");
 }
 
 #[tokio::test(flavor = "multi_thread")]
