@@ -52,7 +52,8 @@ impl std::fmt::Debug for BarSink {
 impl BarSink {
     /// A sink that draws when standard error is a terminal and `quiet` is
     /// false; otherwise it draws nothing (and [`BarSink::println`] still
-    /// prints, to standard error, unless quiet).
+    /// prints to standard error, even when quiet: it carries errors and
+    /// warnings).
     pub fn new(quiet: bool) -> Self {
         let visible = !quiet && std::io::stderr().is_terminal();
         let target = if visible {

@@ -220,6 +220,29 @@ fn every_corpus_file_gets_its_expected_status_from_inspect_and_verify() {
                 assert_error_lines(&out, path);
             }
         }
+        // From standard input (the streaming paths): never a panic, and
+        // either a clean success or one-line errors naming '-'. (A single
+        // disk is verified from a stream as from a file: decoded whole,
+        // which the file pass did already.)
+        let bytes = std::fs::read(root.join(file)).unwrap();
+        let commands: &[&str] = if file.starts_with("vmdk/") {
+            &["inspect"]
+        } else {
+            &["inspect", "verify"]
+        };
+        for &command in commands {
+            let out = run_stdin(&[command, "-"], bytes.clone());
+            if out.status == Status::Ok {
+                assert!(
+                    out.stderr.is_empty(),
+                    "{command} - < {file}: {}",
+                    out.stderr
+                );
+                assert!(!out.stdout.is_empty(), "{command} - < {file}: no output");
+            } else {
+                assert_error_lines(&out, "-");
+            }
+        }
         // --json is valid JSON whenever inspect succeeds.
         if *inspect == Status::Ok {
             let out = run(&["inspect", "--json", path]);
@@ -1066,4 +1089,55 @@ fn hostile_disks_fail_cleanly() {
         .filter(|n| !n.to_string_lossy().ends_with(".vmdk"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn convert_refuses_to_encode_other_containers_as_raw() {
+    let work = tempfile::tempdir().unwrap();
+    let corpus_vmdk = corpus().join("vmdk/cot-blank-ovftool-stream.vmdk");
+    let mut vdi = vec![0u8; 4096];
+    vdi[..40].copy_from_slice(b"<<< Oracle VM VirtualBox Disk Image >>>\n");
+    vdi[0x40..0x44].copy_from_slice(&[0x7f, 0x10, 0xda, 0xbe]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "guest.qcow2",
+            [&b"QFI\xfb"[..], &[0; 4092][..]].concat(),
+            "qcow2",
+        ),
+        (
+            "guest.img",
+            [&b"QFI\xfb"[..], &[0; 4092][..]].concat(),
+            "qcow2",
+        ),
+        (
+            "guest.vhdx",
+            [&b"vhdxfile"[..], &[0; 4088][..]].concat(),
+            "VHDX",
+        ),
+        ("guest.vdi", vdi, "VDI"),
+        (
+            "packed.raw",
+            [&[0x1f, 0x8b][..], &[0; 4094][..]].concat(),
+            "gzip",
+        ),
+        // A VMDK under a raw image's name.
+        ("disk.img", std::fs::read(&corpus_vmdk).unwrap(), "VMDK"),
+    ];
+    for (name, bytes, want) in cases {
+        let file = work.path().join(name);
+        std::fs::write(&file, &bytes).unwrap();
+        let target = work.path().join(format!("{name}.vmdk"));
+        let out = run(&["convert", s(&file), s(&target), "--to", "vmdk-stream"]);
+        assert_eq!(out.status, Status::Malformed, "{name}: {}", out.stderr);
+        assert_error_lines(&out, s(&file));
+        assert!(out.stderr.contains(want), "{name}: {}", out.stderr);
+        assert!(!target.exists(), "{name}: an output was written");
+    }
+    // Raw bytes that merely start like nothing known still convert.
+    let raw = work.path().join("plain.img");
+    std::fs::write(&raw, [&[0xfa, 0x33, 0xc0][..], &[0x5a; 65533][..]].concat()).unwrap();
+    let target = work.path().join("plain.vmdk");
+    let out = run(&["convert", s(&raw), s(&target), "--to", "vmdk-stream"]);
+    assert_eq!(out.status, Status::Ok, "{}", out.stderr);
+    assert!(target.exists());
 }

@@ -13,11 +13,12 @@ use hypersdk_ova::archive::OvaIndex;
 use hypersdk_ova::vmdk::convert::{OvaDisk, RawOptions, ova_file_to_raw, ova_to_raw, vmdk_to_raw};
 use hypersdk_ova::vmdk::decode::DecodeOptions;
 use hypersdk_ova::vmdk::encode::{EncodeOptions, encode_stream, encode_to_file};
-use hypersdk_ova::vmdk::format::SparseHeader;
 use hypersdk_ova::vmdk::sparse::HostedDisk;
 use tokio::io::AsyncReadExt;
 
-use super::input::{self, Counting, Kind, Opened, Source, read_head};
+use super::input::{
+    self, Counting, Kind, Opened, SNIFF_BYTES, Source, is_stream_header, not_raw, read_head,
+};
 use super::output::{CreatedDirs, TempFiles, check_target, human, publish, temp_path};
 use super::{Ctx, Failure, Io, OrFail, Status, Target};
 
@@ -50,7 +51,7 @@ pub(crate) async fn convert(
                 .await
                 .map_err(|e| input::io_error(path, e))
                 .or_fail(&label)?;
-            if is_stream(&head) {
+            if is_stream_header(&head) {
                 return bad("already a streamOptimized VMDK".into());
             }
             drop(opened);
@@ -63,6 +64,17 @@ pub(crate) async fn convert(
                     "a raw image needs its size known up front: give the file, not '-'".into(),
                 );
             };
+            let mut opened = opened;
+            let head = read_head(&mut opened.reader, SNIFF_BYTES)
+                .await
+                .map_err(|e| input::io_error(path, e))
+                .or_fail(&label)?;
+            if let Some(what) = not_raw(&head) {
+                return bad(format!(
+                    "is {what} by its content, not a raw image: convert it to raw first, or \
+                     give it the extension of its kind"
+                ));
+            }
             drop(opened);
             let raw = FileSource::open(path).await.or_fail(&label)?;
             to_stream(Arc::new(raw), &label, output, force, ctx, io).await
@@ -80,12 +92,6 @@ pub(crate) async fn convert(
             kind.describe()
         )),
     }
-}
-
-/// Whether a first sector is a streamOptimized header.
-fn is_stream(head: &[u8]) -> bool {
-    head.starts_with(b"KDMV")
-        && SparseHeader::parse("", head).is_ok_and(|h| h.has_markers() && h.is_compressed())
 }
 
 /// One VMDK to a sparse raw image.
@@ -115,7 +121,7 @@ async fn disk_to_raw(
     let tmp = temp_path(output);
     let mut temps = TempFiles::default();
     temps.add(tmp.clone());
-    let (capacity, data, sha) = if is_stream(&head) {
+    let (capacity, data, sha) = if is_stream_header(&head) {
         let item = Arc::new(
             ctx.progress
                 .item(Phase::Converting, label.clone(), opened.len),
@@ -271,7 +277,7 @@ async fn package_to_raw(
                 .read_range(Extent::new(0, 512.min(entry.len())))
                 .await
                 .or_fail(&label)?;
-            hosted |= head.starts_with(b"KDMV") && !is_stream(&head);
+            hosted |= head.starts_with(b"KDMV") && !is_stream_header(&head);
         }
     }
     // Dropped in reverse order: on any failure (or an interrupt) the

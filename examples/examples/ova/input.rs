@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 
 use hypersdk_core::Error;
 use hypersdk_core::progress::ItemProgress;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use hypersdk_ova::vmdk::format::SparseHeader;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use super::{Failure, Io, OrFail};
 
@@ -85,6 +86,11 @@ impl Kind {
         if head.starts_with(b"KDMV") {
             return Kind::Vmdk;
         }
+        // A VDI's header opens with text ("<<< Oracle VM VirtualBox Disk
+        // Image >>>"): not a descriptor.
+        if head.get(0x40..0x44) == Some(&VDI_SIGNATURE[..]) {
+            return Kind::Other;
+        }
         let text = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
         let start = text
             .iter()
@@ -114,6 +120,38 @@ impl Kind {
             Kind::Vmdk => "a VMDK disk",
             Kind::Gzip => "a gzip-compressed file",
             Kind::Other => "neither a package, a descriptor, a manifest nor a VMDK disk",
+        }
+    }
+}
+
+/// Whether a disk's first sector is a streamOptimized sparse header
+/// (compressed grains with markers), which decodes from a stream; any
+/// other VMDK needs random access.
+pub(crate) fn is_stream_header(head: &[u8]) -> bool {
+    head.starts_with(b"KDMV")
+        && SparseHeader::parse("", head).is_ok_and(|h| h.has_markers() && h.is_compressed())
+}
+
+/// The signature at offset 0x40 of a VirtualBox VDI image.
+const VDI_SIGNATURE: [u8; 4] = [0x7f, 0x10, 0xda, 0xbe];
+
+/// What a file taken for a raw image (by its name, or for want of a known
+/// kind) really is, when its first bytes say it is not raw: another
+/// virtual disk format, or a kind this tool reads otherwise. Encoding such
+/// a file "as raw" would make a VMDK of its container bytes.
+pub(crate) fn not_raw(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"QFI\xfb") {
+        Some("a qcow2 image")
+    } else if head.starts_with(b"vhdxfile") {
+        Some("a VHDX image")
+    } else if head.starts_with(b"conectix") {
+        Some("a dynamic VHD image")
+    } else if head.get(0x40..0x44) == Some(&VDI_SIGNATURE[..]) {
+        Some("a VDI image")
+    } else {
+        match Kind::sniff(head) {
+            k @ (Kind::Gzip | Kind::Ova | Kind::Vmdk) => Some(k.describe()),
+            _ => None,
         }
     }
 }
@@ -182,7 +220,10 @@ pub(crate) async fn open<'a>(source: &Source, io: &mut Io<'a>) -> Result<Opened<
                         .await
                         .map_err(|e| Error::io(format!("'{label}'"), e))
                         .or_fail(&label)?;
-                    file = open_file(path).await?;
+                    file.rewind()
+                        .await
+                        .map_err(|e| Error::io(format!("'{label}'"), e))
+                        .or_fail(&label)?;
                     Kind::sniff(&head)
                 }
             };

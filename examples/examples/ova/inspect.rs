@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use hypersdk_core::Error;
+use hypersdk_core::fsutil::parent_dir;
 use hypersdk_core::model::{DiskFormat, VmInfo};
 use hypersdk_ova::archive::{EntryKind, EntrySummary, OvaIndex, OvaReader};
 use hypersdk_ova::mf::{MAX_MANIFEST_BYTES, Manifest};
@@ -39,11 +40,7 @@ pub(crate) async fn inspect(input: &Path, json: bool, io: &mut Io<'_>) -> Result
             };
             let (report, problems) = package_report(&facts);
             if json {
-                let mut text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| Error::other(format!("cannot write JSON: {e}")))
-                    .or_fail(&label)?;
-                text.push('\n');
-                io.out(&text).await?;
+                io.out(&to_json(&report, &label)?).await?;
             } else {
                 io.out(&package_text(&report)).await?;
             }
@@ -267,14 +264,6 @@ pub(crate) async fn sidecar_manifest(path: &Path) -> Result<Option<(String, Mani
     let parsed =
         Manifest::parse_named(&format!("manifest '{mf_label}'"), &bytes).or_fail(&mf_label)?;
     Ok(Some((name, parsed)))
-}
-
-/// The directory a file is in (`.` for a bare name).
-pub(crate) fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// The file name of `path`, for messages.

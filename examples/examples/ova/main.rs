@@ -55,6 +55,9 @@
 //!   hosted VMDK into a streamOptimized VMDK, or every VMDK disk of a
 //!   package into `<dir>/<disk>.raw`, showing bytes, speed and ETA. Outputs
 //!   appear only when complete and never replace a file unless `--force`.
+//!   A "raw image" whose first bytes show another container (qcow2, VHD,
+//!   VHDX, VDI, gzip, or a VMDK or OVA under another name) is refused
+//!   rather than encoded byte for byte.
 //!
 //! `-` reads standard input where a stream is enough: `inspect`, `verify`
 //! and `unpack` of a package, `convert` of a streamOptimized disk or of a

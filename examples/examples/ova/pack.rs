@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hypersdk_core::Error;
 use hypersdk_core::digest::{Algorithm, MultiHasher};
+use hypersdk_core::fsutil::parent_dir;
 use hypersdk_core::progress::Phase;
 use hypersdk_ova::archive::{ManifestMode, OvaWriter, WriteOptions};
 use hypersdk_ova::mf::Manifest;
@@ -12,7 +13,7 @@ use hypersdk_ova::ovf::{Envelope, ParseOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::input::{Counting, Source, open_file};
-use super::inspect::{descriptor_error, file_name, local_file, parent_dir, read_limited};
+use super::inspect::{descriptor_error, file_name, local_file, read_limited};
 use super::output::{TempFiles, check_target, human, publish, temp_path};
 use super::{Ctx, Failure, Io, OrFail, Status};
 

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use hypersdk_core::Error;
 use hypersdk_core::blocks::BlockSource;
 use hypersdk_core::digest::{Algorithm, Digests, MultiHasher};
+use hypersdk_core::fsutil::parent_dir;
 use hypersdk_core::model::Extent;
 use hypersdk_core::progress::{ItemProgress, Phase};
 use hypersdk_ova::archive::{EntryKind, EntrySummary, OvaIndex, OvaReader};
@@ -20,10 +21,8 @@ use hypersdk_ova::vmdk::format::SparseHeader;
 use hypersdk_ova::vmdk::sparse::HostedDisk;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use super::input::{self, Counting, Kind, Opened, Source, read_head};
-use super::inspect::{
-    descriptor_error, file_name, local_file, parent_dir, read_limited, sidecar_manifest,
-};
+use super::input::{self, Counting, Kind, Opened, Source, is_stream_header, read_head};
+use super::inspect::{descriptor_error, file_name, local_file, read_limited, sidecar_manifest};
 use super::output::human;
 use super::{Ctx, Failure, Io, OrFail, Status, one_line};
 
@@ -755,9 +754,7 @@ async fn verify_vmdk(source: &Source, opened: Opened<'_>, ctx: &Ctx, report: &mu
         let head = read_head(&mut reader, 512)
             .await
             .map_err(|e| from_io(&object, e))?;
-        let stream = head.starts_with(b"KDMV")
-            && SparseHeader::parse(&object, &head)
-                .is_ok_and(|h| h.has_markers() && h.is_compressed());
+        let stream = is_stream_header(&head);
         if stream || !head.starts_with(b"KDMV") && !looks_like_descriptor(&head) {
             // The file's bytes are the measure of a stream's progress.
             let item = Arc::new(

@@ -58,8 +58,9 @@ pub(crate) async fn run(
         .await
         .map_err(|e| Error::io("the OVM exporter test server", e))?;
     bars.println(&format!(
-        "demo: test exporter on {} with VM {vm_id} (demo-web01), two disks of {size_mib} MiB",
-        exporter.endpoint()
+        "demo: test exporter on {} with VM {vm_id} (demo-web01), two disks of {} MiB",
+        exporter.endpoint(),
+        size / MIB
     ));
 
     // The guest writes a quarter of each disk in scattered runs.

@@ -281,18 +281,16 @@ async fn execute(
                 let snap = client
                     .snapshot(&vm.name, id, &SnapshotQuery::squashed())
                     .await?;
-                let disks: Vec<serde_json::Value> = snap
+                let disks = snap
                     .disks
                     .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "name": d.name,
-                            "allocated_bytes": d.chunks.iter().map(|c| c.length).sum::<u64>(),
-                            "chunks": d.chunks.len(),
-                        })
+                    .map(|d| SnapshotDiskRow {
+                        allocated_bytes: d.chunks.iter().map(|c| c.length).sum(),
+                        chunks: d.chunks.len(),
+                        name: d.name.clone(),
                     })
                     .collect();
-                rows.push(serde_json::json!({ "id": snap.id, "disks": disks }));
+                rows.push(SnapshotRow { disks, id: snap.id });
             }
             if cli.json {
                 return print_json(out, &rows);
@@ -302,28 +300,12 @@ async fn execute(
                 &format!("VM {} ({}), oldest first:", vm.name, vm.friendly_name),
             )?;
             for row in &rows {
-                let disks: Vec<String> = row["disks"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|d| {
-                                format!(
-                                    "{} {}",
-                                    d["name"].as_str().unwrap_or_default(),
-                                    mib(d["allocated_bytes"].as_u64().unwrap_or_default())
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                writeln_out(
-                    out,
-                    &format!(
-                        "  {}  {}",
-                        row["id"].as_str().unwrap_or_default(),
-                        disks.join(", ")
-                    ),
-                )?;
+                let disks: Vec<String> = row
+                    .disks
+                    .iter()
+                    .map(|d| format!("{} {}", d.name, mib(d.allocated_bytes)))
+                    .collect();
+                writeln_out(out, &format!("  {}  {}", row.id, disks.join(", ")))?;
             }
             Ok(())
         }
@@ -362,6 +344,21 @@ async fn execute(
             demo::run(dir, *size_mib, cli.parallel, cli.json, out, progress, bars).await
         }
     }
+}
+
+/// A snapshot in `list-snapshots --json` (fields in key order).
+#[derive(serde::Serialize)]
+struct SnapshotRow {
+    disks: Vec<SnapshotDiskRow>,
+    id: String,
+}
+
+/// A disk of a snapshot in `list-snapshots --json` (fields in key order).
+#[derive(serde::Serialize)]
+struct SnapshotDiskRow {
+    allocated_bytes: u64,
+    chunks: usize,
+    name: String,
 }
 
 fn backup_options(
@@ -738,6 +735,36 @@ mod tests {
             0
         );
         assert!(String::from_utf8_lossy(&out).contains(&snap2));
+
+        // The snapshots: JSON for scripts, a line each for people.
+        let mut out = Vec::new();
+        let code = run(
+            args(&exporter, &ca, &["--json", "list-snapshots", "cli-demo"]),
+            &mut out,
+            true,
+        )
+        .await;
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == snap2.as_str())
+            .unwrap_or_else(|| panic!("no {snap2} in {rows}"));
+        assert_eq!(row["disks"][0]["name"], disk);
+        assert!(row["disks"][0]["allocated_bytes"].as_u64().unwrap() >= 200_000);
+        assert!(row["disks"][0]["chunks"].as_u64().unwrap() >= 1);
+        let mut out = Vec::new();
+        let code = run(
+            args(&exporter, &ca, &["list-snapshots", &vm_id]),
+            &mut out,
+            true,
+        )
+        .await;
+        assert_eq!(code, 0);
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(text.contains(&format!("  {snap2}  {disk} ")), "{text}");
 
         // The images hold snap2 now: an incremental from snap1 is refused.
         let mut out = Vec::new();

@@ -37,13 +37,20 @@
 //!   it is a terminal (`--quiet` hides it); `--verbose` prints each file's
 //!   digests, resumes and the descriptor's warnings.
 //!
-//! Exit status: 0 success, 1 failure, 2 bad usage. Errors are one line on
-//! standard error: `vsphere-export: <what was wrong>`.
+//! Ctrl-C or SIGTERM during the export drops it: the library aborts the
+//! NFC lease (`HttpNfcLeaseAbort`, sent in the background, which the
+//! program waits a moment for) and removes every partial file; then it
+//! logs out and exits 130.
+//!
+//! Exit status: 0 success, 1 failure, 2 bad usage, 130 interrupted.
+//! Errors are one line on standard error: `vsphere-export: <what was
+//! wrong>`.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use hypersdk_core::model::VmRef;
@@ -62,7 +69,7 @@ use hypersdk_vsphere::{Client, VsphereProvider};
     name = "vsphere-export",
     version,
     about = "Export a vSphere VM through an NFC lease into an OVA, an OVF directory or raw images",
-    after_help = "Exit status: 0 success, 1 failure, 2 bad usage."
+    after_help = "Exit status: 0 success, 1 failure, 2 bad usage, 130 interrupted."
 )]
 struct Cli {
     /// The vCenter or ESXi server, e.g. https://vcenter.example.com.
@@ -124,6 +131,11 @@ struct Cli {
 /// Exit statuses.
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// How long an interrupted run waits for the lease abort the dropped
+/// export sends in the background, before it logs out.
+const ABORT_GRACE: Duration = Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -156,6 +168,7 @@ async fn run(args: Vec<OsString>, out: &mut dyn Write) -> u8 {
             bars.println(&format!("vsphere-export: {line}"));
             match e.kind() {
                 ErrorKind::InvalidInput => EXIT_USAGE,
+                ErrorKind::Cancelled => EXIT_INTERRUPTED,
                 _ => EXIT_FAILURE,
             }
         }
@@ -265,9 +278,16 @@ async fn execute(cli: &Cli, out: &mut dyn Write, progress: Progress, bars: &BarS
                 .verify(cli.verify_manifest),
         );
     }
-    let result = provider
-        .export_to(&vm, cli.snapshot.as_deref(), options)
-        .await;
+    // Dropping the export on an interrupt aborts the lease (in the
+    // background) and removes the partial files: the library's drop guards.
+    let result = tokio::select! {
+        r = provider.export_to(&vm, cli.snapshot.as_deref(), options) => r,
+        () = interrupted() => {
+            bars.println("vsphere-export: interrupted: aborting the NFC lease, partial files removed");
+            tokio::time::sleep(ABORT_GRACE).await;
+            Err(Error::cancelled("the export"))
+        }
+    };
     let logout = client.logout().await;
     let report = result?;
     if let Err(e) = logout {
@@ -277,6 +297,31 @@ async fn execute(cli: &Cli, out: &mut dyn Write, progress: Progress, bars: &BarS
         print_report(out, &report, cli.verbose)?;
     }
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; never if they cannot be caught.
+async fn interrupted() {
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = int => {}
+        () = term => {}
+    }
 }
 
 fn write_line(out: &mut dyn Write, line: &str) -> Result<()> {
