@@ -500,6 +500,15 @@ pub struct ReattachFile {
     /// Bytes sent, once finished.
     #[serde(default)]
     pub bytes: u64,
+    /// For a disk converted to streamOptimized on the fly, the length of
+    /// the converted stream announced in the descriptor (and sent as its
+    /// `Content-Length`), when it was measured
+    /// ([`UnknownLength::Measure`]): [`reattach_ova`] rebuilds the
+    /// descriptor from it instead of encoding the disk again before it
+    /// renews the lease. `None` for files sent as they are, a disk sent
+    /// chunked, and records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_len: Option<u64>,
 }
 
 impl fmt::Debug for ReattachFile {
@@ -511,6 +520,7 @@ impl fmt::Debug for ReattachFile {
             .field("create", &self.create)
             .field("finished", &self.finished)
             .field("bytes", &self.bytes)
+            .field("upload_len", &self.upload_len)
             .finish()
     }
 }
@@ -562,7 +572,8 @@ impl ReattachState {
         Ok(())
     }
 
-    /// The state of a lease that is ready, before any file was sent.
+    /// The state of a lease that is ready, before any file was sent;
+    /// `planned` gives the upload lengths of converted disks.
     fn new(
         client: &Client,
         lease: &NfcLease,
@@ -570,6 +581,7 @@ impl ReattachState {
         name: &str,
         descriptor: &str,
         items: &[FileItem],
+        planned: &[PlannedFile],
     ) -> Self {
         let files = items
             .iter()
@@ -586,6 +598,10 @@ impl ReattachState {
                 create: item.create,
                 finished: false,
                 bytes: 0,
+                upload_len: planned
+                    .iter()
+                    .find(|p| p.href == item.path && p.conversion != Conversion::AsIs)
+                    .and_then(|p| p.upload_len),
             })
             .collect();
         ReattachState {
@@ -941,7 +957,7 @@ pub async fn import_ova(
     path: &Path,
     opts: &OvaImportOptions,
 ) -> Result<ImportReport> {
-    let package = IndexedPackage::open(path, opts).await?;
+    let package = IndexedPackage::open(path, opts, None).await?;
     run_import(client, Package::Indexed(Box::new(package)), opts).await
 }
 
@@ -1171,14 +1187,32 @@ struct IndexedPackage {
     files: Vec<PlannedFile>,
     /// Sources of converted disks, kept for every attempt.
     blocks: HashMap<String, Arc<dyn BlockSource>>,
+    /// Converted disks whose digests are checked just before they are
+    /// sent rather than when the package is opened (a reattach's).
+    verify_at_send: HashSet<String>,
 }
 
 impl IndexedPackage {
-    async fn open(path: &Path, opts: &OvaImportOptions) -> Result<IndexedPackage> {
+    /// Opens the OVA at `path`, measuring each disk converted on the fly
+    /// ([`UnknownLength::Measure`]) and checking its digests up front.
+    ///
+    /// With `recorded` (a reattach), a converted disk's length comes from
+    /// the record instead ([`ReattachFile::upload_len`], or the bytes a
+    /// finished one was sent with), and its digests are checked only if it
+    /// is sent ([`IndexedPackage::open_file`]): nothing is encoded or read
+    /// whole before the lease is renewed. A disk still to send whose
+    /// length the record lacks (written before it was kept) is checked and
+    /// measured up front, as without a record.
+    async fn open(
+        path: &Path,
+        opts: &OvaImportOptions,
+        recorded: Option<&ReattachState>,
+    ) -> Result<IndexedPackage> {
         let index = OvaIndex::open(path).await?;
         let envelope = index.envelope().clone();
         let mut files = Vec::new();
         let mut blocks: HashMap<String, Arc<dyn BlockSource>> = HashMap::new();
+        let mut verify_at_send = HashSet::new();
         let disk_formats = disk_formats(&envelope);
         for file in envelope.references() {
             check_plain_file(file)?;
@@ -1204,10 +1238,20 @@ impl IndexedPackage {
                 let head = read_head(source.as_ref()).await?;
                 planned.conversion = classify(&head, planned.format, &source.describe())?;
                 if planned.conversion != Conversion::AsIs {
+                    let known = recorded
+                        .and_then(|st| st.files.iter().find(|f| f.path == file.href))
+                        .and_then(|f| f.upload_len.or_else(|| f.finished.then_some(f.bytes)));
+                    let measure = opts.unknown_length == UnknownLength::Measure && known.is_none();
                     // The entry is read at random by the converter, so its
-                    // digest is checked up front.
+                    // digest is checked before it is read: up front, or on
+                    // a reattach that need not measure it just before it
+                    // is sent.
                     if opts.verify_manifest {
-                        index.verify_entry(&file.href).await?;
+                        if recorded.is_some() && !measure {
+                            verify_at_send.insert(file.href.clone());
+                        } else {
+                            index.verify_entry(&file.href).await?;
+                        }
                     }
                     let disk: Arc<dyn BlockSource> = match planned.conversion {
                         Conversion::FromSparse => Arc::new(
@@ -1216,10 +1260,11 @@ impl IndexedPackage {
                         _ => source.clone(),
                     };
                     planned.upload_len = match opts.unknown_length {
-                        UnknownLength::Measure => {
+                        UnknownLength::Chunked => None,
+                        UnknownLength::Measure if measure => {
                             Some(encoded_len(Arc::clone(&disk), &opts.encode).await?)
                         }
-                        UnknownLength::Chunked => None,
+                        UnknownLength::Measure => known,
                     };
                     tracing::info!(
                         file = %file.href,
@@ -1239,6 +1284,7 @@ impl IndexedPackage {
             descriptor,
             files,
             blocks,
+            verify_at_send,
         })
     }
 
@@ -1261,6 +1307,9 @@ impl IndexedPackage {
                 let disk = self.blocks.get(&file.href).cloned().ok_or_else(|| {
                     Error::other(format!("no converter prepared for '{}'", file.href))
                 })?;
+                if self.verify_at_send.contains(&file.href) {
+                    self.index.verify_entry(&file.href).await?;
+                }
                 let mut encode = opts.encode.clone();
                 encode.item = file.href.clone();
                 Ok(encode_to_stream(disk, &encode))
@@ -2396,7 +2445,20 @@ async fn attempt(
         name: name.clone(),
         lease: Some(lease_ref.clone()),
     };
-    let mut state = ReattachState::new(client, &lease, &entity, &name, &descriptor, &spec.items);
+    let planned: &[PlannedFile] = match &*package {
+        Package::Indexed(p) => &p.files,
+        Package::Memory(p) => &p.files,
+        Package::Stream(_) => &[],
+    };
+    let mut state = ReattachState::new(
+        client,
+        &lease,
+        &entity,
+        &name,
+        &descriptor,
+        &spec.items,
+        planned,
+    );
     if let Some(o) = &opts.observer {
         o.lease_ready(attempt_no, &leftover);
         o.reattach_state(&state);
@@ -2566,6 +2628,15 @@ async fn conclude(
 /// [`import_ova`] does), completes the lease and returns the report of the
 /// same VM ([`ImportReport::skipped`] lists the files not sent again).
 ///
+/// Nothing is encoded or read whole before the lease is renewed: the
+/// descriptor of disks converted on the fly is rebuilt from their recorded
+/// lengths ([`ReattachFile::upload_len`]), and a disk still to send is
+/// checked against the manifest and encoded as it is sent (a disk whose
+/// content changed since is then refused by its digest or its length,
+/// after the lease was taken over). Only a record without those lengths
+/// (written by an earlier version) has its unfinished converted disks
+/// measured first, as [`import_ova`] does.
+///
 /// `client` must use the login session that created the lease
 /// ([`ClientBuilder::session_cookie`](crate::ClientBuilder::session_cookie)
 /// with [`Client::session_reused`] true, or the client that started the
@@ -2632,7 +2703,9 @@ pub async fn reattach_ova(
         report.elapsed = started.elapsed();
         return Ok(report);
     }
-    let package = IndexedPackage::open(path, opts).await?;
+    // Converted disks are not encoded or read whole here (their recorded
+    // lengths rebuild the descriptor): that could outlast the lease.
+    let package = IndexedPackage::open(path, opts, Some(state)).await?;
     if descriptor_sha256(&package.descriptor) != state.descriptor_sha256 {
         return Err(Error::invalid_input(format!(
             "OVA '{}' is not the package the import of '{}' started with: its OVF descriptor \
@@ -3072,7 +3145,7 @@ pub async fn begin_import(
         )
     })?;
     let guard = DestroyGuard::new(client, &entity, &lease_ref, opts.keep_on_failure);
-    let state = ReattachState::new(client, &lease, &entity, &name, descriptor, &spec.items);
+    let state = ReattachState::new(client, &lease, &entity, &name, descriptor, &spec.items, &[]);
     let mut files = Vec::new();
     for item in &spec.items {
         let Some(url) = lease
@@ -3721,6 +3794,7 @@ mod tests {
             create: false,
             finished,
             bytes: if finished { 10 } else { 0 },
+            upload_len: None,
         };
         let state = ReattachState {
             version: ReattachState::VERSION,
@@ -3752,6 +3826,28 @@ mod tests {
             entity: Some(state.entity.clone()),
         };
         (state, info)
+    }
+
+    #[test]
+    fn a_record_without_upload_lengths_still_loads() {
+        let (mut state, _) = two_disk_state();
+        state.files[1].upload_len = Some(1234);
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["files"][1]["upload_len"], 1234);
+        assert!(json["files"][0].get("upload_len").is_none(), "{json}");
+        assert_eq!(
+            serde_json::from_value::<ReattachState>(json.clone()).unwrap(),
+            state
+        );
+        // As written before the length was kept.
+        let mut old = json;
+        old["files"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("upload_len");
+        let back: ReattachState = serde_json::from_value(old).unwrap();
+        assert_eq!(back.files[1].upload_len, None);
+        assert_eq!(back.version, ReattachState::VERSION);
     }
 
     #[test]

@@ -20,9 +20,11 @@ use hypersdk_core::ErrorKind;
 use hypersdk_core::blocks::BlockSource;
 use hypersdk_core::digest::{Algorithm, Checksum};
 use hypersdk_core::model::{DiskFormat, DiskInfo, Extent, VmInfo};
+use hypersdk_core::progress::{CallbackSink, Phase, Progress, ProgressEvent};
 use hypersdk_core::retry::Backoff;
 use hypersdk_ova::archive::{OvaIndex, OvaWriter, WriteOptions};
 use hypersdk_ova::ovf::{OvfDisk, write_descriptor};
+use hypersdk_ova::vmdk::encode::EncodeOptions;
 use hypersdk_testkit::images;
 use hypersdk_testkit::qemu;
 use hypersdk_testkit::vcsim::{UploadedFile, Vcsim};
@@ -867,6 +869,173 @@ async fn a_detached_import_is_finished_in_its_lease_skipping_the_sent_disk() {
         "the lease is complete"
     );
     second.logout().await.unwrap();
+}
+
+/// Records the state of an import once a file is finished, then freezes
+/// the import's runtime for good: a process killed after its first disk
+/// (nothing aborted, the lease left `ready`).
+#[derive(Debug)]
+struct FreezeAfterFirstFile {
+    tx: Mutex<std::sync::mpsc::Sender<String>>,
+}
+
+impl ImportObserver for FreezeAfterFirstFile {
+    fn reattach_state(&self, state: &ReattachState) {
+        if state.remaining().count() == state.files.len() {
+            return;
+        }
+        let json = serde_json::to_string(state).unwrap();
+        let _ = self.tx.lock().unwrap().send(json);
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_converted_finished_disk_is_not_encoded_again_on_reattach() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = images::random(dir.path().join("a.raw"), 3 << 20, 41).unwrap();
+    let b = images::mixed(dir.path().join("b.raw"), 4 << 20, 42, 50).unwrap();
+    let ova = pack(
+        dir.path(),
+        "conv",
+        &[
+            (a.path.clone(), DiskFormat::Raw, a.len),
+            (b.path.clone(), DiskFormat::Raw, b.len),
+        ],
+    )
+    .await;
+    let sim = Vcsim::builder().start().await.expect("start vcsim");
+
+    // The first process, on a runtime of its own that freezes once the
+    // first disk (measured, then encoded and sent) is finished.
+    let (url, user, password, ca) = (
+        sim.url().to_string(),
+        sim.username().to_owned(),
+        sim.password().to_owned(),
+        sim.ca_pem().unwrap().to_owned(),
+    );
+    let (state_tx, state_rx) = std::sync::mpsc::channel::<String>();
+    let (cookie_tx, cookie_rx) = std::sync::mpsc::channel::<SessionCookie>();
+    let first_ova = ova.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = Client::builder(url.as_str())
+                .credentials(user.as_str(), password.as_str())
+                .ca_pem(ca.as_str())
+                .connect()
+                .await
+                .expect("connect");
+            cookie_tx.send(client.session_cookie().unwrap()).unwrap();
+            let observer = Arc::new(FreezeAfterFirstFile {
+                tx: Mutex::new(state_tx),
+            });
+            let r = import_ova(&client, &first_ova, &opts("conv").with_observer(observer)).await;
+            panic!("the import was to freeze after its first disk: {r:?}");
+        });
+    });
+    let (cookie, json) = tokio::task::spawn_blocking(move || {
+        let cookie = cookie_rx.recv_timeout(Duration::from_secs(60));
+        let json = state_rx.recv_timeout(Duration::from_secs(120));
+        (cookie, json)
+    })
+    .await
+    .unwrap();
+    let cookie = cookie.expect("the first process connected");
+    let state: ReattachState = serde_json::from_str(&json.expect("the first disk went out"))
+        .expect("the state reads back");
+    assert_eq!(state.files.len(), 2);
+    assert!(state.files[0].finished && !state.files[1].finished);
+    // Both converted disks' upload lengths are recorded; the finished one
+    // went out with it.
+    assert!(
+        state.files.iter().all(|f| f.upload_len.is_some()),
+        "{state:?}"
+    );
+    assert_eq!(state.files[0].upload_len, Some(state.files[0].bytes));
+
+    let second = Client::builder(sim.url().as_str())
+        .credentials(sim.username(), sim.password())
+        .ca_pem(sim.ca_pem().unwrap())
+        .session_cookie(cookie)
+        .connect()
+        .await
+        .expect("connect");
+    assert!(second.session_reused());
+
+    // Other conversion options make another descriptor: refused before the
+    // lease is touched, without encoding anything.
+    let before = side_effects(&sim).await;
+    let progress = calls(&sim, "HttpNfcLeaseProgress").await;
+    let passes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let counted = {
+        let passes = passes.clone();
+        EncodeOptions::default().with_progress(Progress::new(CallbackSink::new(
+            move |e: &ProgressEvent| {
+                // Each encoding pass starts with an event at 0 bytes.
+                if e.phase == Phase::Converting && e.bytes_done == 0 {
+                    passes
+                        .lock()
+                        .unwrap()
+                        .push(e.item.clone().unwrap_or_default());
+                }
+            },
+        )))
+    };
+    let e = reattach_ova(
+        &second,
+        &state,
+        &ova,
+        &opts("conv")
+            .with_encode(counted.clone())
+            .with_unknown_length(UnknownLength::Chunked),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(side_effects(&sim).await, before);
+    assert_eq!(calls(&sim, "HttpNfcLeaseProgress").await, progress);
+    assert!(passes.lock().unwrap().is_empty(), "{passes:?}");
+
+    let report = reattach_ova(&second, &state, &ova, &opts("conv").with_encode(counted))
+        .await
+        .expect("reattach");
+    assert_eq!(report.skipped, ["a.raw"]);
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].path, "b.raw");
+    assert!(report.files[0].converted);
+    assert_eq!(Some(report.files[0].bytes_sent), state.files[1].upload_len);
+    assert!(calls(&sim, "HttpNfcLeaseProgress").await > progress);
+    // One encoding pass: the remaining disk's, as it was sent. The
+    // finished disk was neither measured nor encoded again, and the
+    // remaining one was not measured before the lease was renewed.
+    assert_eq!(*passes.lock().unwrap(), ["b.raw"]);
+
+    let ups = uploads_of(&sim, "conv").await;
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    for (i, raw) in [&a, &b].iter().enumerate() {
+        let up = ups
+            .iter()
+            .find(|u| u.name == format!("disk-{i}.vmdk"))
+            .unwrap_or_else(|| panic!("disk-{i} uploaded: {ups:?}"));
+        assert!(up.complete);
+        assert_eq!(up.vm, state.entity.value);
+        assert_eq!(Some(up.size), state.files[i].upload_len);
+        assert!(
+            qemu::compare(&raw.path, &up.path).await.unwrap(),
+            "disk-{i} differs"
+        );
+    }
+    assert!(
+        sim.leases().await.unwrap().is_empty(),
+        "the lease is complete"
+    );
+    assert_eq!(vms_named(&sim, "conv").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
