@@ -916,7 +916,26 @@ pub struct Configuration {
     pub extra: Extra,
 }
 
-/// The converter's output format.
+/// The converter's output format (`output.format`).
+///
+/// Written and parsed as the schema's names, `qcow2`, `raw` and `vdi`:
+/// [`Display`](fmt::Display) writes them, and [`FromStr`] takes them in
+/// any case (`QCOW2` too) but nothing else, so a command-line flag can be
+/// parsed with it:
+///
+/// ```
+/// use hypersdk_core::ErrorKind;
+/// use hypersdk_manifest::OutputFormat;
+///
+/// assert_eq!("qcow2".parse::<OutputFormat>()?, OutputFormat::Qcow2);
+/// assert_eq!("VDI".parse::<OutputFormat>()?, OutputFormat::Vdi);
+/// assert_eq!(OutputFormat::Raw.to_string(), "raw");
+///
+/// let err = "vmdk".parse::<OutputFormat>().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+/// assert!(err.to_string().contains("qcow2, raw, vdi"));
+/// # Ok::<(), hypersdk_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -930,6 +949,10 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
+    /// Every format, in the schema's order (`qcow2`, `raw`, `vdi`).
+    pub const ALL: &'static [OutputFormat] =
+        &[OutputFormat::Qcow2, OutputFormat::Raw, OutputFormat::Vdi];
+
     /// The schema's name: `qcow2`, `raw` or `vdi`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -943,6 +966,28 @@ impl OutputFormat {
 impl fmt::Display for OutputFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = Error;
+
+    /// Parses one of the schema's names, `qcow2`, `raw` or `vdi`, in any
+    /// case; anything else (surrounding spaces included) is
+    /// [`Error::InvalidInput`] naming the accepted values.
+    fn from_str(s: &str) -> Result<Self> {
+        OutputFormat::ALL
+            .iter()
+            .copied()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let accepted: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.as_str()).collect();
+                Error::invalid_input(format!(
+                    "output format '{}' is not one of {}",
+                    s.escape_debug(),
+                    accepted.join(", ")
+                ))
+            })
     }
 }
 
@@ -1129,7 +1174,37 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hypersdk_core::ErrorKind;
     use serde_json::json;
+
+    #[test]
+    fn output_format_names() {
+        // Exactly the schema's enum, in its order.
+        let schema: Value = serde_json::from_str(crate::SCHEMA).unwrap();
+        let names: Vec<String> = serde_json::from_value(
+            schema["properties"]["output"]["properties"]["format"]["enum"].clone(),
+        )
+        .unwrap();
+        let ours: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(names, ours);
+        for &f in OutputFormat::ALL {
+            assert_eq!(f.to_string().parse::<OutputFormat>().unwrap(), f);
+            assert_eq!(
+                f.as_str().to_uppercase().parse::<OutputFormat>().unwrap(),
+                f
+            );
+            assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
+        }
+        assert_eq!(
+            "QCow2".parse::<OutputFormat>().unwrap(),
+            OutputFormat::Qcow2
+        );
+        for bad in ["", "qcow", "qcow2 ", " raw", "vmdk", "qcow2,raw", "ｒａｗ"] {
+            let e = bad.parse::<OutputFormat>().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}");
+            assert!(e.to_string().contains("qcow2, raw, vdi"), "{e}");
+        }
+    }
 
     #[test]
     fn patterns() {

@@ -31,8 +31,9 @@
 //!
 //! Without `--ca-file`, `--thumbprint` or `--insecure` the system's roots
 //! are trusted. `--parallel N` sets the ranges in flight per disk
-//! (default 4), `--quiet` hides the progress bars (drawn on standard error
-//! only when it is a terminal), `--json` prints the reports as JSON.
+//! (default 4, at least 1), `--quiet` hides the progress bars (drawn on
+//! standard error only when it is a terminal), `--json` prints the reports
+//! as JSON.
 //!
 //! - `full` takes a snapshot and copies every allocated byte of every disk
 //!   into `DIR/<disk name>` (sparse, SHA-256 computed on the way), and
@@ -106,7 +107,7 @@ struct Cli {
     /// Accept any certificate (labs only: an impostor gets the password).
     #[arg(long, global = true)]
     insecure: bool,
-    /// Ranges in flight per disk.
+    /// Ranges in flight per disk (at least 1).
     #[arg(long, default_value_t = 4, global = true)]
     parallel: usize,
     /// Draw no progress bars.
@@ -235,6 +236,9 @@ async fn execute(
     progress: &Progress,
     bars: &BarSink,
 ) -> Result<()> {
+    if cli.parallel == 0 {
+        return Err(Error::invalid_input("--parallel must be at least 1"));
+    }
     match &cli.command {
         Command::ListVms => {
             let client = connect(cli)?;
@@ -368,7 +372,7 @@ fn backup_options(
     check: PreviousCheck,
 ) -> BackupOptions {
     let mut options = BackupOptions::default()
-        .with_parallelism(cli.parallel.max(1))
+        .with_parallelism(cli.parallel)
         .with_progress(progress.clone())
         .with_previous_check(check)
         .with_delete_previous(!common.keep_previous);
@@ -659,6 +663,27 @@ mod tests {
         ];
         v.extend(rest.iter().map(OsString::from));
         v
+    }
+
+    #[tokio::test]
+    async fn parallel_zero_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("no-backup");
+        let argv = |parallel: &str| -> Vec<OsString> {
+            let dir = dir.as_os_str().to_owned();
+            vec![
+                "ovm-backup".into(),
+                "--parallel".into(),
+                parallel.into(),
+                "status".into(),
+                "--out".into(),
+                dir,
+            ]
+        };
+        assert_eq!(run(argv("0"), &mut Vec::new(), true).await, EXIT_USAGE);
+        // The same command with a valid --parallel gets as far as the
+        // missing backup: a failure, not a usage error.
+        assert_eq!(run(argv("1"), &mut Vec::new(), true).await, EXIT_FAILURE);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

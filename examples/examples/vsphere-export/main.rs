@@ -111,9 +111,9 @@ struct Cli {
     /// Put each disk's SHA-256 in the manifest.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     manifest_checksum: bool,
-    /// The converter's output format.
-    #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw", "vdi"])]
-    manifest_target: String,
+    /// The converter's output format: qcow2, raw or vdi (any case).
+    #[arg(long, default_value_t = OutputFormat::Qcow2)]
+    manifest_target: OutputFormat,
     /// Files downloaded at once.
     #[arg(long, default_value_t = 3)]
     parallel: usize,
@@ -218,13 +218,11 @@ async fn connect(cli: &Cli, bars: &BarSink) -> Result<Client> {
 
 /// `--vm` as a reference: a path, a moref id, a UUID, else a name.
 fn vm_ref(vm: &str) -> VmRef {
+    // 8-4-4-4-12 hex digits.
     let is_uuid = vm.len() == 36
-        && vm.chars().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
+        && vm.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
         });
     let is_id = vm
         .strip_prefix("vm-")
@@ -232,7 +230,7 @@ fn vm_ref(vm: &str) -> VmRef {
     if vm.starts_with('/') {
         VmRef::InventoryPath(vm.to_owned())
     } else if is_uuid {
-        VmRef::Uuid(vm.to_owned())
+        VmRef::uuid(vm)
     } else if is_id {
         VmRef::id(vm)
     } else {
@@ -250,11 +248,6 @@ async fn execute(cli: &Cli, out: &mut dyn Write, progress: Progress, bars: &BarS
             "--verify-manifest and --manifest-checksum need --manifest",
         ));
     }
-    let target = match cli.manifest_target.as_str() {
-        "raw" => OutputFormat::Raw,
-        "vdi" => OutputFormat::Vdi,
-        _ => OutputFormat::Qcow2,
-    };
     let client = connect(cli, bars).await?;
     let provider = VsphereProvider::new(client.clone());
     let vm = vm_ref(&cli.vm);
@@ -273,7 +266,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, progress: Progress, bars: &BarS
     if cli.manifest {
         options = options.artifact_manifest(
             ArtifactManifestOptions::default()
-                .target(target)
+                .target(cli.manifest_target)
                 .checksums(cli.manifest_checksum)
                 .verify(cli.verify_manifest),
         );
@@ -407,10 +400,52 @@ mod tests {
         );
         assert_eq!(vm_ref("vm-42"), VmRef::id("vm-42"));
         assert_eq!(vm_ref("vm-web"), VmRef::name("vm-web"));
+        assert_eq!(vm_ref("vm-"), VmRef::name("vm-"));
         assert_eq!(
             vm_ref("4214e6b4-0d2c-4c5e-8d1e-3e4f5a6b7c8d"),
             VmRef::Uuid("4214e6b4-0d2c-4c5e-8d1e-3e4f5a6b7c8d".into())
         );
+        assert_eq!(
+            vm_ref("4214E6B4-0D2C-4C5E-8D1E-3E4F5A6B7C8D"),
+            VmRef::uuid("4214E6B4-0D2C-4C5E-8D1E-3E4F5A6B7C8D")
+        );
+        // Not 8-4-4-4-12 hex digits: a name.
+        for name in [
+            "4214e6b4-0d2c-4c5e-8d1e-3e4f5a6b7c8",
+            "4214e6b4-0d2c-4c5e-8d1e-3e4f5a6b7c8g",
+            "4214e6b40d2c-4c5e-8d1e-3e4f5a6b7c8d0",
+            "4214e6b4-0d2c-4c5e-8d1e-3e4f5a6b7cé",
+        ] {
+            assert_eq!(vm_ref(name), VmRef::name(name));
+        }
+    }
+
+    #[tokio::test]
+    async fn manifest_target() {
+        let parse = |target: &str| {
+            Cli::try_parse_from([
+                "vsphere-export",
+                "--vm",
+                "web01",
+                "-o",
+                "/tmp/x",
+                "--manifest-target",
+                target,
+            ])
+        };
+        assert_eq!(parse("raw").unwrap().manifest_target, OutputFormat::Raw);
+        assert_eq!(parse("VDI").unwrap().manifest_target, OutputFormat::Vdi);
+        assert_eq!(parse("qcow2").unwrap().manifest_target, OutputFormat::Qcow2);
+        for bad in ["vmdk", "", "qcow"] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            assert!(e.to_string().contains("qcow2, raw, vdi"), "{e}");
+        }
+        // An unknown target is a usage error before any connection.
+        let args = ["vsphere-export", "--vm", "web01", "-o", "/tmp/x"];
+        let mut argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        argv.extend(["--manifest", "--manifest-target", "vmdk"].map(OsString::from));
+        assert_eq!(run(argv, &mut Vec::new()).await, EXIT_USAGE);
     }
 
     #[test]
@@ -430,6 +465,7 @@ mod tests {
         assert_eq!(cli.format, "raw");
         assert!(cli.manifest && !cli.manifest_checksum);
         assert_eq!(cli.parallel, 3);
+        assert_eq!(cli.manifest_target, OutputFormat::Qcow2);
         let cli = Cli::try_parse_from([
             "vsphere-export",
             "--vm",
